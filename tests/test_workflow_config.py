@@ -1,0 +1,81 @@
+"""Config validation and dry runs: bad settings fail before any job starts, naming the key."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from workflow_utils import REPO, copy_workflow, job_counts, snakemake, tiny_config, write_config
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return copy_workflow(tmp_path_factory.mktemp("workflow"))
+
+
+@pytest.fixture(scope="module")
+def base_config(tiny_model_dir):
+    return tiny_config({"tiny-a": tiny_model_dir, "tiny-b": tiny_model_dir})
+
+
+def dry_run(workdir, config, name="test-config.yaml"):
+    path = write_config(workdir / name, config)
+    return snakemake(workdir, "-n", "--cores", "2", "--configfile", str(path), check=False)
+
+
+def test_paper_config_dry_run_counts(workdir):
+    result = snakemake(workdir, "-n", "--cores", "8", "--configfile", "configs/paper.yaml")
+    counts = job_counts(result.stdout)
+    # 3 models x (DPO, SimPO, SLIME) + 4 component ablations + 4 extra p values on Gemma.
+    assert counts["sft"] == 3
+    assert counts["align"] == 3 * 3 + 4 + 4
+    assert counts["prepare_model"] == 3
+    # base, SFT and every aligned run are evaluated, on the offline benchmark.
+    assert counts["evaluate"] == 3 + 3 + 17
+    # MT-Bench and Arena-Hard answers, judgments and scores for every evaluated model.
+    assert counts["generate_answers"] == counts["judge_answers"] == counts["score_judgments"] == 2 * 23
+    assert counts["baseline_answers"] == 1
+    assert counts["tables"] == 1 and counts["figures"] == 1
+
+
+def test_embedded_default_dry_run(workdir):
+    result = snakemake(workdir, "-n", "--cores", "2")
+    counts = job_counts(result.stdout)
+    # DPO, SimPO, SLIME, StaPO + 4 component ablations + 5 p values, of which p=2.5 is the main SLIME run.
+    assert counts["align"] == 4 + 4 + 4
+    assert counts["evaluate"] == 2 * (2 + 12)
+    assert "generate_answers" not in counts  # no judge configured: nothing judged, nothing stood in for it
+
+
+def test_same_settings_are_one_run(workdir, base_config):
+    config = copy.deepcopy(base_config)
+    config["ablations"]["p_sweep"] = [2.5]  # the default p: the main SLIME run, not a second job
+    counts = job_counts(dry_run(workdir, config).stdout)
+    assert counts["align"] == 2 * 4 + 4
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda c: c["methods"].update(foo={}), "foo"),
+        (lambda c: c["ablations"].update(p_sweep=[0.0]), "p_sweep"),
+        (lambda c: c["methods"].update(slime={"hard_margin": -1.0}), "hard_margin"),
+        (lambda c: c["methods"].update(slime={"soft_margin": -0.5}), "soft_margin"),
+        (lambda c: c["models"]["tiny-a"].update(source={"path": "/nonexistent/model"}), "models.tiny-a.source.path"),
+        (lambda c: c["models"]["tiny-a"].update(source={"gguf_package": "no_such_pkg", "gguf_file": "x.gguf"}),
+         "models.tiny-a.source.gguf_package"),
+        (lambda c: c["ablations"].update(model="missing-model"), "ablations.model"),
+        (lambda c: c["sft"].update(learning_rate=-1), "learning_rate"),
+        (lambda c: c.update(unknown_top_level=1), "unknown_top_level"),
+        (lambda c: c["data"].update(on_bad_rows="ignore"), "on_bad_rows"),
+    ],
+)
+def test_bad_config_names_the_key(workdir, base_config, edit, expected):
+    config = copy.deepcopy(base_config)
+    edit(config)
+    result = dry_run(workdir, config)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert expected in output, output[-3000:]
+    assert "Job stats" not in output  # nothing was scheduled
