@@ -60,7 +60,7 @@ rule sft:
     shell:
         "{params.launch} workflow/scripts/sft.py --run-config {input.run_config} "
         "--model {input.model} --train {input.train} --out {output.model} "
-        "--checkpoint-dir {params.checkpoints} --threads {threads} 2> {log}"
+        "--checkpoint-dir {params.checkpoints} --threads {threads} --require-gpus {resources.gpu} 2> {log}"
 
 
 rule align:
@@ -87,4 +87,4 @@ rule align:
     shell:
         "{params.launch} workflow/scripts/align.py --run-config {input.run_config} "
         "--model {input.model} --train {input.train} --out {output.run} "
-        "--checkpoint-dir {params.checkpoints} --threads {threads} 2> {log}"
+        "--checkpoint-dir {params.checkpoints} --threads {threads} --require-gpus {resources.gpu} 2> {log}"

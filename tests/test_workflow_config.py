@@ -79,3 +79,21 @@ def test_bad_config_names_the_key(workdir, base_config, edit, expected):
     output = result.stdout + result.stderr
     assert expected in output, output[-3000:]
     assert "Job stats" not in output  # nothing was scheduled
+
+
+def test_slurm_profile_dry_run_shows_gpu_resources(workdir):
+    result = snakemake(workdir, "-n", "--workflow-profile", "profiles/slurm", "--configfile", "configs/paper.yaml")
+    blocks = [block for block in result.stdout.split("\n\n") if "rule align:" in block or "rule sft:" in block]
+    assert len(blocks) == 17 + 3
+    for block in blocks:
+        resources = next(line for line in block.splitlines() if line.strip().startswith("resources:"))
+        # One 8-GPU job stays one SLURM task (plugin issue #459), on the configured GPU model.
+        assert "gpu=8" in resources and "tasks=0" in resources and "gpu_model=h100" in resources
+        command = block.split("Shell command:", 1)[1]
+        assert "accelerate launch --config_file configs/accelerate/zero2.yaml --num_processes 8" in command
+        assert "--require-gpus 8" in command
+
+
+def test_lint_is_clean(workdir):
+    result = snakemake(workdir, "--lint")
+    assert "Congratulations, your workflow is in a good condition" in result.stdout + result.stderr
