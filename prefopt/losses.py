@@ -1,0 +1,515 @@
+"""Preference objectives on per-token log-probs: SLIME, DPO, SimPO and StaPO, plus a registry.
+
+Every loss is a pure function of per-token log-probs of *completion* tokens, shape
+``[batch, tokens]``, and 0/1 masks of the same shape (chosen and rejected may have different
+``tokens``). A masked (padded) position may hold anything, NaN, inf or 1e9 included: it is
+replaced by 0 with ``torch.where`` before any arithmetic, so it reaches neither the loss nor the
+gradient. Each loss returns ``(loss, metrics)``: a scalar, and a dict of detached scalar tensors
+under TRL's metric names (``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``,
+``rewards/accuracies``, ``logps/chosen``, ``logps/rejected``) plus the loss's own terms.
+
+Inputs in a low-precision float type (bf16, fp16) are upcast to float32 before the sums; float32
+and float64 inputs keep their type.
+
+    from prefopt.losses import compute_loss, PRESETS
+    loss, metrics = compute_loss("slime", chosen_logps, chosen_mask, rejected_logps, rejected_mask)
+    loss, metrics = compute_loss("slime", ..., **PRESETS["authors_code"])
+    loss, metrics = compute_loss("dpo", ..., ref_chosen_logps=ref_c, ref_rejected_logps=ref_r, beta=0.1)
+
+The formulas, defaults, ablations and conventions are written out in docs/objectives.md.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "LOSSES",
+    "PRESETS",
+    "LossSpec",
+    "UnknownLossArgumentError",
+    "UnknownLossError",
+    "UnknownPresetError",
+    "compute_loss",
+    "dpo_loss",
+    "get_loss",
+    "get_preset",
+    "sequence_mean_logps",
+    "sequence_sum_logps",
+    "simpo_loss",
+    "slime_loss",
+    "stapo_loss",
+]
+
+# softplus(-l_t - delta) is > 0 in exact arithmetic but can underflow to 0 for a large delta; a
+# floor keeps p * softplus^(p-1) finite for any p > 0 (for p >= 1 it is finite anyway). Its effect
+# on the value is below 1e-12**p, far under float32 resolution of any realistic loss.
+_SOFTPLUS_FLOOR = 1e-12
+
+
+# --------------------------------------------------------------------------------------------
+# Input handling
+
+
+def _as_mask(mask: torch.Tensor, name: str) -> torch.Tensor:
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(mask).__name__}")
+    if mask.dtype == torch.bool:
+        return mask
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"{name} must hold only 0 and 1")
+    return mask != 0
+
+
+def _check_pair(token_logps: torch.Tensor, mask: torch.Tensor, name: str) -> torch.Tensor:
+    """Validate one `[batch, tokens]` log-prob tensor against its mask; return the mask as bool."""
+    if not isinstance(token_logps, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(token_logps).__name__}")
+    if not token_logps.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {token_logps.dtype}")
+    if token_logps.dim() != 2:
+        raise ValueError(f"{name} must have shape [batch, tokens], got {tuple(token_logps.shape)}")
+    bool_mask = _as_mask(mask, f"{name}'s mask")
+    if bool_mask.shape != token_logps.shape:
+        raise ValueError(f"{name} has shape {tuple(token_logps.shape)} but its mask has shape {tuple(bool_mask.shape)}")
+    if token_logps.shape[0] == 0:
+        raise ValueError(f"{name} has an empty batch")
+    return bool_mask.to(token_logps.device)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # bf16/fp16 sums over hundreds of tokens lose digits; float64 callers (tests) keep float64.
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _masked(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Log-probs with padded positions replaced by 0 *before* any arithmetic (NaN-safe, grad-safe)."""
+    token_logps = token_logps.to(_compute_dtype(token_logps.dtype))
+    return torch.where(mask, token_logps, torch.zeros((), dtype=token_logps.dtype, device=token_logps.device))
+
+
+def _token_counts(mask: torch.Tensor, name: str) -> torch.Tensor:
+    counts = mask.sum(dim=-1)
+    empty = (counts == 0).nonzero().flatten().tolist()
+    if empty:
+        shown = ", ".join(str(i) for i in empty[:10]) + (", ..." if len(empty) > 10 else "")
+        raise ValueError(
+            f"{name}: row {empty[0]} has no completion tokens (empty rows: {shown}); a pair without a "
+            "completion is a data bug (check truncation/max_length and the prompt/completion split)"
+        )
+    return counts
+
+
+def sequence_sum_logps(token_logps: torch.Tensor, mask: torch.Tensor, *, name: str = "token_logps") -> torch.Tensor:
+    """Sum of log-probs over each row's valid completion tokens: log pi(y|x), shape `[batch]`.
+
+    A row without any valid token raises ValueError naming the row: it is a data bug.
+    """
+    bool_mask = _check_pair(token_logps, mask, name)
+    _token_counts(bool_mask, name)
+    return _masked(token_logps, bool_mask).sum(dim=-1)
+
+
+def sequence_mean_logps(token_logps: torch.Tensor, mask: torch.Tensor, *, name: str = "token_logps") -> torch.Tensor:
+    """Mean log-prob over each row's valid completion tokens: l̄(y) (Appendix A), shape `[batch]`.
+
+    A row without any valid token raises ValueError naming the row: it is a data bug.
+    """
+    bool_mask = _check_pair(token_logps, mask, name)
+    counts = _token_counts(bool_mask, name)
+    safe = _masked(token_logps, bool_mask)
+    return safe.sum(dim=-1) / counts.to(safe.dtype)
+
+
+def _check_batches(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor) -> None:
+    if chosen_logps.shape[0] != rejected_logps.shape[0]:
+        raise ValueError(
+            f"chosen and rejected batches differ: {chosen_logps.shape[0]} vs {rejected_logps.shape[0]} pairs"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Hyperparameter checks: fail early, naming the parameter
+
+
+def _real(value, name: str, *, minimum: float | None = None, strictly: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and (value <= minimum if strictly else value < minimum):
+        raise ValueError(f"{name} must be {'>' if strictly else '>='} {minimum}, got {value}")
+    return value
+
+
+def _flag(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _preference_metrics(
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """TRL's names: batch means of per-pair rewards, margins, accuracies and sequence log-probs."""
+    chosen_rewards, rejected_rewards = chosen_rewards.detach(), rejected_rewards.detach()
+    return {
+        "rewards/chosen": chosen_rewards.mean(),
+        "rewards/rejected": rejected_rewards.mean(),
+        "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).to(chosen_rewards.dtype).mean(),
+        "logps/chosen": chosen_logps.detach().mean(),
+        "logps/rejected": rejected_logps.detach().mean(),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# SLIME (Afanasyev & Iov, 2026), equations 5-10 and Appendix A
+
+
+def slime_loss(
+    chosen_logps: torch.Tensor,
+    chosen_mask: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    rejected_mask: torch.Tensor,
+    *,
+    lambda_w: float = 0.1,
+    lambda_l: float = 0.1,
+    lambda_d: float = 1.0,
+    delta: float = 1.25,
+    hard_margin: float = 1.5,
+    soft_margin: float = 1.0,
+    kappa: float = 2.5,
+    p: float = 2.5,
+    use_hard_margin: bool = True,
+    use_soft_margin: bool = True,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """SLIME: L = L_w + L_l + L_dist (eq. 5), reference-free.
+
+    - L_w = -lambda_w * mean_batch(l̄_w)                                    (eq. 6, Appendix A)
+    - L_l = lambda_l * mean over all valid rejected tokens of the batch, pooled,
+            of softplus(-l_t - delta)^p                                       (eq. 7)
+    - L_dist = lambda_d * mean_batch(relu(m_h - Δ) * sigmoid(-kappa (Δ - m_s)))  (eqs. 8-10)
+
+    with l̄ the mean log-prob over a sequence's completion tokens and Δ = l̄_w - l̄_l (Appendix A's
+    length-normalised margin). `use_hard_margin=False` replaces the relu factor by 1 and
+    `use_soft_margin=False` the sigmoid factor by 1 (Table 4's ablations); `lambda_w=0` and
+    `lambda_l=0` remove the chosen and rejected terms. Paper defaults (section 4.1).
+    """
+    lambda_w = _real(lambda_w, "lambda_w", minimum=0.0)
+    lambda_l = _real(lambda_l, "lambda_l", minimum=0.0)
+    lambda_d = _real(lambda_d, "lambda_d", minimum=0.0)
+    delta = _real(delta, "delta")
+    hard_margin = _real(hard_margin, "hard_margin")
+    soft_margin = _real(soft_margin, "soft_margin")
+    kappa = _real(kappa, "kappa")
+    p = _real(p, "p", minimum=0.0, strictly=True)
+    use_hard_margin = _flag(use_hard_margin, "use_hard_margin")
+    use_soft_margin = _flag(use_soft_margin, "use_soft_margin")
+
+    chosen_mean = sequence_mean_logps(chosen_logps, chosen_mask, name="chosen_logps")
+    rejected_mean = sequence_mean_logps(rejected_logps, rejected_mask, name="rejected_logps")
+    _check_batches(chosen_logps, rejected_logps)
+    margin = chosen_mean - rejected_mean  # Δ
+
+    # Eq. 6: anchor the chosen sequence's (length-normalised) likelihood.
+    chosen_term = -lambda_w * chosen_mean.mean()
+
+    # Eq. 7: E_{t in y_l} pools every valid rejected token of the batch (the authors' code does the
+    # same), so long rejected answers weigh more than short ones.
+    rejected_bool_mask = _as_mask(rejected_mask, "rejected_logps's mask").to(rejected_logps.device)
+    rejected_tokens = _masked(rejected_logps, rejected_bool_mask)
+    penalty = F.softplus(-rejected_tokens - delta).clamp_min(_SOFTPLUS_FLOOR).pow(p)
+    penalty = torch.where(rejected_bool_mask, penalty, torch.zeros_like(penalty))
+    rejected_token_count = rejected_bool_mask.sum()
+    rejected_term = lambda_l * penalty.sum() / rejected_token_count.to(penalty.dtype)
+
+    # Eqs. 8-10: hard gate relu(m_h - Δ) (zero loss and zero gradient once Δ >= m_h) times the
+    # soft gate sigmoid(-kappa (Δ - m_s)).
+    gate = torch.ones_like(margin)
+    if use_hard_margin:
+        gate = gate * F.relu(hard_margin - margin)
+    if use_soft_margin:
+        gate = gate * torch.sigmoid(-kappa * (margin - soft_margin))
+    distance_term = lambda_d * gate.mean()
+
+    loss = chosen_term + rejected_term + distance_term
+
+    metrics = _preference_metrics(chosen_mean, rejected_mean, chosen_mean, rejected_mean)
+    below = (rejected_tokens < -delta) & rejected_bool_mask
+    metrics.update(
+        {
+            "slime/chosen_term": chosen_term.detach(),
+            "slime/rejected_term": rejected_term.detach(),
+            "slime/distance_term": distance_term.detach(),
+            "slime/delta": margin.detach().mean(),
+            "slime/frac_past_hard_margin": (margin.detach() >= hard_margin).to(margin.dtype).mean(),
+            "slime/frac_rejected_tokens_below_neg_delta": (
+                below.sum().to(margin.dtype) / rejected_token_count.to(margin.dtype)
+            ),
+        }
+    )
+    return loss, metrics
+
+
+# --------------------------------------------------------------------------------------------
+# DPO (Rafailov et al., 2023), the sigmoid loss with summed log-probs
+
+
+def dpo_loss(
+    chosen_logps: torch.Tensor,
+    chosen_mask: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    rejected_mask: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    *,
+    beta: float = 0.1,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """DPO: -log sigmoid(beta [(log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))]).
+
+    Sequence log-probs are sums over completion tokens. `ref_*` are the reference model's per-token
+    log-probs on the same tokens (same shapes and masks); they are treated as constants. Matches
+    TRL's DPOTrainer with `loss_type="sigmoid"`, metrics included (`logps/*` are summed log-probs,
+    as TRL logs them).
+    """
+    beta = _real(beta, "beta", minimum=0.0, strictly=True)
+    for ref, policy, name in (
+        (ref_chosen_logps, chosen_logps, "ref_chosen_logps"),
+        (ref_rejected_logps, rejected_logps, "ref_rejected_logps"),
+    ):
+        if not isinstance(ref, torch.Tensor):
+            raise TypeError(f"dpo needs {name} (the reference model's per-token log-probs), got {ref!r}")
+        if isinstance(policy, torch.Tensor) and ref.shape != policy.shape:
+            raise ValueError(f"{name} has shape {tuple(ref.shape)}, expected {tuple(policy.shape)}")
+
+    chosen_sum = sequence_sum_logps(chosen_logps, chosen_mask, name="chosen_logps")
+    rejected_sum = sequence_sum_logps(rejected_logps, rejected_mask, name="rejected_logps")
+    _check_batches(chosen_logps, rejected_logps)
+    ref_chosen_sum = sequence_sum_logps(ref_chosen_logps.detach(), chosen_mask, name="ref_chosen_logps")
+    ref_rejected_sum = sequence_sum_logps(ref_rejected_logps.detach(), rejected_mask, name="ref_rejected_logps")
+
+    chosen_logratios = chosen_sum - ref_chosen_sum
+    rejected_logratios = rejected_sum - ref_rejected_sum
+    loss = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios)).mean()
+    metrics = _preference_metrics(beta * chosen_logratios, beta * rejected_logratios, chosen_sum, rejected_sum)
+    return loss, metrics
+
+
+# --------------------------------------------------------------------------------------------
+# SimPO (Meng et al., 2024)
+
+
+def simpo_loss(
+    chosen_logps: torch.Tensor,
+    chosen_mask: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    rejected_mask: torch.Tensor,
+    *,
+    beta: float = 2.0,
+    gamma: float = 0.2,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """SimPO: -log sigmoid(beta l̄_w - beta l̄_l - gamma), reference-free.
+
+    `gamma` is the SimPO paper's target reward margin (in reward units, i.e. after the beta
+    scaling), the same quantity as TRL's `CPOConfig.simpo_gamma`; SimPO's own code takes
+    `gamma_beta_ratio = gamma / beta` instead. Rewards are beta * l̄, as TRL's CPOTrainer logs them.
+    """
+    beta = _real(beta, "beta", minimum=0.0, strictly=True)
+    gamma = _real(gamma, "gamma")
+    chosen_mean = sequence_mean_logps(chosen_logps, chosen_mask, name="chosen_logps")
+    rejected_mean = sequence_mean_logps(rejected_logps, rejected_mask, name="rejected_logps")
+    _check_batches(chosen_logps, rejected_logps)
+    loss = -F.logsigmoid(beta * (chosen_mean - rejected_mean) - gamma).mean()
+    metrics = _preference_metrics(beta * chosen_mean, beta * rejected_mean, chosen_mean, rejected_mean)
+    return loss, metrics
+
+
+# --------------------------------------------------------------------------------------------
+# StaPO (two-sided contrastive learning; only the abstract is public)
+
+
+def stapo_loss(
+    chosen_logps: torch.Tensor,
+    chosen_mask: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    rejected_mask: torch.Tensor,
+    *,
+    beta: float = 2.0,
+    left_margin: float = 0.5,
+    right_margin: float = 2.5,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """StaPO as a two-sided contrastive (TsC) loss on the contrastive logit z = l̄_w - l̄_l:
+
+        L = mean_batch[ -log sigmoid(beta (z - left_margin)) - log sigmoid(beta (right_margin - z)) ]
+
+    The left term is SimPO's one-sided loss (with gamma = beta * left_margin) and drives preference
+    learning; the right term is its mirror image, which pushes z back down once it grows past the
+    right margin. The loss is convex in z, its gradient is bounded by beta, and its minimum is at
+    the midpoint of the two margins. This is our reading of the abstract (docs/objectives.md).
+    """
+    beta = _real(beta, "beta", minimum=0.0, strictly=True)
+    left_margin = _real(left_margin, "left_margin")
+    right_margin = _real(right_margin, "right_margin")
+    if right_margin <= left_margin:
+        raise ValueError(f"right_margin ({right_margin}) must be greater than left_margin ({left_margin})")
+    chosen_mean = sequence_mean_logps(chosen_logps, chosen_mask, name="chosen_logps")
+    rejected_mean = sequence_mean_logps(rejected_logps, rejected_mask, name="rejected_logps")
+    _check_batches(chosen_logps, rejected_logps)
+    logit = chosen_mean - rejected_mean  # z
+    left = -F.logsigmoid(beta * (logit - left_margin))
+    right = -F.logsigmoid(beta * (right_margin - logit))
+    loss = (left + right).mean()
+
+    metrics = _preference_metrics(chosen_mean, rejected_mean, chosen_mean, rejected_mean)
+    z = logit.detach()
+    metrics.update(
+        {
+            "stapo/left_term": left.detach().mean(),
+            "stapo/right_term": right.detach().mean(),
+            "stapo/contrastive_logit": z.mean(),
+            "stapo/frac_below_left_margin": (z < left_margin).to(z.dtype).mean(),
+            "stapo/frac_above_right_margin": (z > right_margin).to(z.dtype).mean(),
+        }
+    )
+    return loss, metrics
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+
+
+class UnknownLossError(KeyError, ValueError):
+    """An unknown loss name. A KeyError (lookup) and a ValueError (bad config value) both."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownPresetError(KeyError, ValueError):
+    """An unknown SLIME preset name."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownLossArgumentError(TypeError, ValueError):
+    """A keyword argument the chosen loss does not take."""
+
+
+def _keyword_defaults(fn: Callable) -> dict:
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(fn).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.default is not inspect.Parameter.empty
+    }
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A loss function, whether it needs reference-model log-probs, and its hyperparameter defaults."""
+
+    fn: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    needs_reference: bool
+    defaults: dict = field(hash=False)
+
+
+LOSSES: dict[str, LossSpec] = {
+    "dpo": LossSpec(dpo_loss, needs_reference=True, defaults=_keyword_defaults(dpo_loss)),
+    "simpo": LossSpec(simpo_loss, needs_reference=False, defaults=_keyword_defaults(simpo_loss)),
+    "slime": LossSpec(slime_loss, needs_reference=False, defaults=_keyword_defaults(slime_loss)),
+    "stapo": LossSpec(stapo_loss, needs_reference=False, defaults=_keyword_defaults(stapo_loss)),
+}
+
+# Named SLIME settings; each is a complete set of slime_loss keyword arguments.
+PRESETS: dict[str, dict] = {
+    # Section 4.1 of the paper: the defaults of slime_loss.
+    "paper": dict(LOSSES["slime"].defaults),
+    # The defaults of `SlimeConfig` in the authors' public code (github.com/fpsigma/trl-slime):
+    # center_lambda_chosen=0.8, center_lambda_rejected=0.0005, rejected_penalty_shift=0.5,
+    # dist_lambda=1.0, hard_margin=1.5, soft_margin=1.0; its SlimeTrainer hard-codes kappa=2.5
+    # (`sigmoid(-2.5 * (dist - soft_margin))`) and p=2.5 (`softplus(inner) ** 2.5`).
+    "authors_code": {
+        **LOSSES["slime"].defaults,
+        "lambda_w": 0.8,
+        "lambda_l": 0.0005,
+        "delta": 0.5,
+        "kappa": 2.5,
+        "p": 2.5,
+    },
+    # The defaults of the authors' launch script, which overrides three SlimeConfig fields:
+    # --slime-lambda-chosen 0.1, --slime-lambda-rejected 0.0005, --slime-shift 1.25.
+    "authors_script": {
+        **LOSSES["slime"].defaults,
+        "lambda_w": 0.1,
+        "lambda_l": 0.0005,
+        "delta": 1.25,
+        "kappa": 2.5,
+        "p": 2.5,
+    },
+}
+
+
+def get_loss(name: str) -> LossSpec:
+    """The registered LossSpec for `name`; an unknown name raises UnknownLossError listing the known ones."""
+    try:
+        return LOSSES[name]
+    except (KeyError, TypeError):
+        raise UnknownLossError(f"unknown loss {name!r}; known losses: {', '.join(sorted(LOSSES))}") from None
+
+
+def get_preset(name: str) -> dict:
+    """A copy of the SLIME preset `name`; an unknown name raises UnknownPresetError listing the known ones."""
+    try:
+        return dict(PRESETS[name])
+    except (KeyError, TypeError):
+        raise UnknownPresetError(
+            f"unknown SLIME preset {name!r}; known presets: {', '.join(sorted(PRESETS))}"
+        ) from None
+
+
+def compute_loss(
+    name: str,
+    chosen_logps: torch.Tensor,
+    chosen_mask: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    rejected_mask: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None = None,
+    ref_rejected_logps: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Dispatch to the loss `name` with hyperparameters `kwargs` (unset ones take the loss's defaults).
+
+    An unknown keyword raises UnknownLossArgumentError naming it; a reference-based loss without
+    `ref_*`, or a reference-free loss given `ref_*`, raises ValueError.
+    """
+    spec = get_loss(name)
+    unknown = sorted(set(kwargs) - set(spec.defaults))
+    if unknown:
+        raise UnknownLossArgumentError(
+            f"loss {name!r} got unknown argument{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(key) for key in unknown)}; it takes: {', '.join(sorted(spec.defaults))}"
+        )
+    references = {"ref_chosen_logps": ref_chosen_logps, "ref_rejected_logps": ref_rejected_logps}
+    if spec.needs_reference:
+        missing = [key for key, value in references.items() if value is None]
+        if missing:
+            raise ValueError(f"loss {name!r} needs the reference model's log-probs: {', '.join(missing)} missing")
+        return spec.fn(
+            chosen_logps, chosen_mask, rejected_logps, rejected_mask, ref_chosen_logps, ref_rejected_logps, **kwargs
+        )
+    given = [key for key, value in references.items() if value is not None]
+    if given:
+        raise ValueError(f"loss {name!r} is reference-free but got {', '.join(given)}")
+    return spec.fn(chosen_logps, chosen_mask, rejected_logps, rejected_mask, **kwargs)
