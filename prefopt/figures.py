@@ -1,0 +1,234 @@
+"""Figures from training logs and result files (PNG, matplotlib Agg).
+
+    python workflow/scripts/make_figures.py --manifest results/figures_manifest.json --out-dir results/figures
+
+- ``training_curves_<model>.png``: per method, the mean chosen and rejected completion log-probs
+  l̄_w, l̄_l (``logps/chosen``, ``logps/rejected``, appendix A) and their distance Δ = l̄_w − l̄_l
+  (SLIME's ``slime/delta``) over training steps. Δ is computed from the two log-probs for every
+  method, so DPO's β-scaled, reference-relative ``rewards/margins`` is not mixed in. The paper's
+  "unlearning" (section 7) shows as a falling l̄_w.
+- ``table4_ablations.png`` and ``table5_exponent_p.png``: bars of the offline metrics of Tables 4 and 5,
+  with the 95% bootstrap CI as error bars where the result has one.
+
+The manifest is the tables manifest (`prefopt.tables`) plus
+``"training_curves": [{"model": "smollm2", "model_label": "SmolLM2-135M", "label": "SLIME", "metrics": ".../metrics.jsonl"}]``,
+where each metrics file holds one JSON record per logging step (`prefopt.trainer.MetricsFileCallback`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from prefopt.tables import build_table, load_manifest  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+CURVE_PANELS = (
+    ("chosen", r"$\bar{l}_w$: chosen log-prob (logps/chosen)"),
+    ("rejected", r"$\bar{l}_l$: rejected log-prob (logps/rejected)"),
+    ("delta", r"$\Delta = \bar{l}_w - \bar{l}_l$"),
+)
+
+# (raw key in prefopt.tables rows, panel title, scale, CI raw keys)
+BAR_METRICS = (
+    ("preference_accuracy", "Preference accuracy (%) ↑", 100.0, ("preference_accuracy_ci_low", "preference_accuracy_ci_high")),
+    ("margin_mean", r"Margin $\bar{l}_w - \bar{l}_l$ ↑", 1.0, ("margin_mean_ci_low", "margin_mean_ci_high")),
+    ("delta_chosen_logp_vs_sft", "Δ chosen logp vs SFT ↑", 1.0, None),
+    ("rejected_token_logp_floor", "Rejected-token log-prob floor ↑", 1.0, None),
+    ("chosen_token_entropy_mean", "Entropy on chosen (nats)", 1.0, None),
+    ("demo_accuracy", "Demo accuracy (%) ↑", 100.0, ("demo_accuracy_ci_low", "demo_accuracy_ci_high")),
+)
+
+
+def read_metric_records(path: str | os.PathLike) -> list[dict]:
+    """Records of a metrics.jsonl file; a bad line raises naming the file and line."""
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}:{line_number}: invalid JSON: {error}") from error
+    return records
+
+
+def curve_series(records: list[dict], prefix: str = "") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"chosen" | "rejected" | "delta": (steps, values)} from training (prefix "") or eval ("eval_") records."""
+    series: dict[str, list[tuple[float, float]]] = {"chosen": [], "rejected": [], "delta": []}
+    for record in records:
+        if "step" not in record:
+            continue
+        if prefix == "" and "loss" not in record:
+            continue  # evaluation records carry eval_* keys only
+        chosen = record.get(f"{prefix}logps/chosen")
+        rejected = record.get(f"{prefix}logps/rejected")
+        if chosen is not None:
+            series["chosen"].append((record["step"], chosen))
+        if rejected is not None:
+            series["rejected"].append((record["step"], rejected))
+        if chosen is not None and rejected is not None:
+            series["delta"].append((record["step"], chosen - rejected))
+        elif record.get(f"{prefix}slime/delta") is not None:
+            series["delta"].append((record["step"], record[f"{prefix}slime/delta"]))
+    return {key: (np.array([s for s, _ in points], dtype=float), np.array([v for _, v in points], dtype=float))
+            for key, points in series.items() if points}
+
+
+def _ema(values: np.ndarray, alpha: float) -> np.ndarray:
+    smoothed = np.empty_like(values)
+    running = values[0]
+    for i, value in enumerate(values):
+        running = alpha * value + (1 - alpha) * running
+        smoothed[i] = running
+    return smoothed
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=130, bbox_inches="tight")
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+    return path
+
+
+def plot_training_curves(curves: list[dict], out_path: str | os.PathLike, title: str) -> Path | None:
+    """One figure with the three `CURVE_PANELS` subplots, one line per method (EMA-smoothed; raw faint)."""
+    fig, axes = plt.subplots(1, len(CURVE_PANELS), figsize=(15, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    plotted = False
+    for index, curve in enumerate(curves):
+        if not Path(curve["metrics"]).exists():
+            raise FileNotFoundError(f"training curve {curve.get('label')!r}: {curve['metrics']} does not exist")
+        records = read_metric_records(curve["metrics"])
+        train, evaluation = curve_series(records), curve_series(records, prefix="eval_")
+        if not train and not evaluation:
+            log.warning("training curve %r: %s has no logps/* records", curve.get("label"), curve["metrics"])
+            continue
+        color = colors[index % len(colors)]
+        for axis, (key, _) in zip(axes, CURVE_PANELS):
+            if key in train:
+                steps, values = train[key]
+                alpha = min(1.0, 10.0 / max(len(values), 1))  # ~10-point smoothing window
+                axis.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
+                axis.plot(steps, _ema(values, alpha), color=color, linewidth=1.8, label=curve["label"])
+                plotted = True
+            if key in evaluation:
+                steps, values = evaluation[key]
+                axis.plot(steps, values, color=color, linestyle="--", marker="o", markersize=3,
+                          label=f"{curve['label']} (eval)")
+                plotted = True
+    if not plotted:
+        plt.close(fig)
+        return None
+    for axis, (key, panel_title) in zip(axes, CURVE_PANELS):
+        axis.set_title(panel_title, fontsize=10)
+        axis.set_xlabel("training step")
+        axis.set_ylabel("mean log-prob per token" if key != "delta" else "Δ (nats per token)")
+        axis.grid(alpha=0.3)
+    axes[-1].axhline(0.0, color="grey", linewidth=0.8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    for axis in axes[1:]:
+        for handle, label in zip(*axis.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), frameon=False,
+               bbox_to_anchor=(0.5, 1.06))
+    fig.suptitle(f"{title}\n(bold: EMA-smoothed training log, faint: raw; dashed: held-out eval during training)",
+                 y=1.16, fontsize=11)
+    fig.tight_layout()
+    return _save(fig, Path(out_path))
+
+
+def plot_offline_bars(manifest: dict, table_name: str, out_path: str | os.PathLike, title: str) -> Path | None:
+    """Bars of the offline metrics of Table 4 or 5 (rows in table order), CI error bars where known."""
+    table = build_table(manifest, table_name)
+    if not table.rows:
+        return None
+    metrics = [metric for metric in BAR_METRICS if any(row.raw.get(metric[0]) is not None for row in table.rows)]
+    if not metrics:
+        return None
+    labels = [row.labels[-1] if len({r.block for r in table.rows}) == 1 else f"{row.block}\n{row.labels[-1]}"
+              for row in table.rows]
+    columns = min(3, len(metrics))
+    grid_rows = -(-len(metrics) // columns)
+    fig, axes = plt.subplots(grid_rows, columns, figsize=(5.2 * columns, 3.9 * grid_rows), squeeze=False)
+    default_index = next((i for i, label in enumerate(labels) if "default" in label or label == "Full SLIME"), None)
+    x = np.arange(len(labels))
+    for axis, (key, panel_title, scale, ci_keys) in zip(axes.flat, metrics):
+        values = np.array([np.nan if row.raw.get(key) is None else row.raw[key] * scale for row in table.rows])
+        colors = ["tab:orange" if i == default_index else "tab:blue" for i in range(len(labels))]
+        errors = None
+        if ci_keys and all(row.raw.get(ci_keys[0]) is not None for row in table.rows if row.raw.get(key) is not None):
+            low = np.array([np.nan if row.raw.get(ci_keys[0]) is None else row.raw[ci_keys[0]] * scale for row in table.rows])
+            high = np.array([np.nan if row.raw.get(ci_keys[1]) is None else row.raw[ci_keys[1]] * scale for row in table.rows])
+            errors = np.vstack([np.clip(values - low, 0, None), np.clip(high - values, 0, None)])
+        bars = axis.bar(x, np.nan_to_num(values), color=colors, yerr=errors, capsize=4, edgecolor="black",
+                        linewidth=0.5)
+        axis.bar_label(bars, labels=["n/a" if np.isnan(v) else f"{v:.3g}" for v in values], fontsize=7,
+                       padding=2)
+        axis.set_title(panel_title, fontsize=10)
+        axis.set_xticks(x)
+        axis.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+        axis.axhline(0.0, color="black", linewidth=0.6)
+        axis.grid(axis="y", alpha=0.3)
+        finite = values[~np.isnan(values)]
+        if finite.size and key in ("preference_accuracy", "demo_accuracy"):
+            axis.set_ylim(0, 100)
+    for axis in list(axes.flat)[len(metrics):]:
+        axis.set_visible(False)
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    return _save(fig, Path(out_path))
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in text).strip("-") or "model"
+
+
+def write_figures(manifest: dict | str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+    """All figures of the manifest into `out_dir`; returns the paths written."""
+    if not isinstance(manifest, dict):
+        manifest = load_manifest(manifest)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    curves_by_model: dict[str, list[dict]] = {}
+    for index, curve in enumerate(manifest.get("training_curves") or []):
+        for key in ("model", "label", "metrics"):
+            if key not in curve:
+                raise KeyError(f"training_curves[{index}] has no {key!r}")
+        curves_by_model.setdefault(curve["model"], []).append(curve)
+    for model, curves in curves_by_model.items():
+        label = curves[0].get("model_label") or model
+        path = plot_training_curves(curves, out_dir / f"training_curves_{_slug(model)}.png",
+                                    f"{label}: chosen / rejected log-probs during preference training")
+        if path:
+            written.append(path)
+    for table_name, file_name, title in (
+        ("table4", "table4_ablations.png", "Table 4: SLIME component ablations (held-out offline metrics)"),
+        ("table5", "table5_exponent_p.png", "Table 5: SLIME stabiliser exponent p (held-out offline metrics)"),
+    ):
+        if manifest.get(table_name):
+            path = plot_offline_bars(manifest, table_name, out_dir / file_name, title)
+            if path:
+                written.append(path)
+    return written

@@ -1,0 +1,104 @@
+"""Evaluate one model (optionally with an alignment adapter) on held-out preference rows.
+
+    python workflow/scripts/evaluate.py --model results/smollm2/sft --adapter results/smollm2/runs/slime-abc/adapter \
+        --eval results/smollm2/data/eval.jsonl --benchmark offline --label "SLIME" \
+        --out results/smollm2/eval/slime-abc/offline.json --per-example results/smollm2/eval/slime-abc/offline.jsonl
+
+Benchmarks: ``offline`` (preference accuracy, margin, chosen/rejected log-probs, rejected-token floor,
+entropy; `prefopt.evaluation.offline`) and ``demo_generation`` (greedy-answer accuracy on the demo
+data; `prefopt.evaluation.demo_accuracy`). Writes {"benchmark", "label", "model_dir", "adapter_dir",
+"n", "metrics", "ci", "settings", "elapsed_s"} atomically; metrics are flat numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+log = logging.getLogger("evaluate")
+
+BENCHMARKS = ("offline", "demo_generation")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="prepared or SFT model directory")
+    parser.add_argument("--adapter", default=None, help="PEFT adapter directory merged on top of --model")
+    parser.add_argument("--eval", required=True, help="held-out rows (JSON lines)")
+    parser.add_argument("--benchmark", required=True, choices=BENCHMARKS)
+    parser.add_argument("--out", required=True, help="summary JSON")
+    parser.add_argument("--per-example", default=None, help="per-example records (JSON lines)")
+    parser.add_argument("--label", required=True, help="name of this model/run in tables")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=512, help="offline: prompt + completion tokens")
+    parser.add_argument("--max-prompt-length", type=int, default=256)
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="demo_generation: reply length")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import torch
+
+    from prefopt.data import read_jsonl, validate_rows, write_json, write_jsonl
+    from prefopt.models import load_for_inference
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    started = time.time()
+    rows, _ = validate_rows(read_jsonl(args.eval), on_bad="error")
+    log.info("%s: %d rows from %s; model %s adapter %s on %s", args.benchmark, len(rows), args.eval,
+             args.model, args.adapter, device)
+    model, tokenizer = load_for_inference(args.model, args.adapter, args.precision)
+    model.to(device)
+
+    if args.benchmark == "offline":
+        from prefopt.evaluation.offline import evaluate_offline
+
+        summary, per_example = evaluate_offline(
+            model, tokenizer, rows, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
+            batch_size=args.batch_size, n_resamples=args.n_resamples, seed=args.seed,
+        )
+    else:
+        from prefopt.evaluation.demo_accuracy import evaluate_demo_accuracy
+
+        summary, per_example = evaluate_demo_accuracy(
+            model, tokenizer, rows, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+            max_prompt_length=args.max_prompt_length, n_resamples=args.n_resamples, seed=args.seed,
+        )
+    ci = summary.pop("ci")
+    result = {
+        "benchmark": args.benchmark,
+        "label": args.label,
+        "model_dir": args.model,
+        "adapter_dir": args.adapter,
+        "n": summary["n"],
+        "metrics": summary,
+        "ci": ci,
+        "settings": {"eval_file": args.eval, "batch_size": args.batch_size, "max_length": args.max_length,
+                     "max_prompt_length": args.max_prompt_length, "max_new_tokens": args.max_new_tokens,
+                     "precision": args.precision, "device": str(device), "n_resamples": args.n_resamples,
+                     "seed": args.seed},
+        "elapsed_s": round(time.time() - started, 2),
+    }
+    if args.per_example:
+        write_jsonl(args.per_example, per_example)
+    write_json(args.out, result)
+    headline = "preference_accuracy" if args.benchmark == "offline" else "accuracy"
+    log.info("%s %s: %s = %.4f (95%% CI %.4f-%.4f), n = %d, %.1fs", args.label, args.benchmark, headline,
+             summary[headline], *ci[headline], summary["n"], result["elapsed_s"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
