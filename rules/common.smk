@@ -440,11 +440,16 @@ def get_answer_model(wildcards):
     return get_eval_model(wildcards)
 
 
+def questions_arg(benchmark):
+    judge = config.get("judge") or {}
+    if benchmark == "arena_hard" and judge.get("arena_hard_questions"):
+        return f"--questions {judge['arena_hard_questions']}"
+    return ""
+
+
 def question_args(benchmark):
     judge = config.get("judge") or {}
-    args = []
-    if benchmark == "arena_hard" and judge.get("arena_hard_questions"):
-        args.append(f"--questions {judge['arena_hard_questions']}")
+    args = [questions_arg(benchmark)]
     if judge.get("question_limit"):
         args.append(f"--limit {judge['question_limit']}")
     key = f"{benchmark}_max_new_tokens"

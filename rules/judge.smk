@@ -103,10 +103,11 @@ rule judge_answers:
     params:
         model_id="{model}-{run}",
         baseline=baseline_arg,
+        questions=lambda wildcards: questions_arg(wildcards.judged),
         cache=f"{CHECKPOINTS}/judge_cache/{{model}}/{{run}}/{{judged}}.jsonl",
     shell:
         "python workflow/scripts/judge_answers.py --benchmark {wildcards.judged} "
-        "--answers {input.answers} --model-id {params.model_id} {params.baseline} "
+        "--answers {input.answers} --model-id {params.model_id} {params.baseline} {params.questions} "
         "--judge-config {input.judge_config} --cache {params.cache} "
         "--out {output.judgments} 2> {log}"
 

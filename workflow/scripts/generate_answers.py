@@ -1,0 +1,157 @@
+"""Generate MT-Bench or Arena-Hard answers for one model, in the upstream file formats.
+
+    python workflow/scripts/generate_answers.py --model results/models/sft --adapter results/runs/slime \\
+        --benchmark mt_bench --model-id gemma3-4b-slime --out results/answers/mt_bench/gemma3-4b-slime.jsonl
+    python workflow/scripts/generate_answers.py --model results/models/gemma3-4b-it --benchmark arena_hard \\
+        --model-id gemma3-4b-it --out results/answers/arena_hard/gemma3-4b-it.jsonl --max-new-tokens 4096
+
+MT-Bench: two turns (turn 2 sees turn 1's answer), FastChat's per-category temperatures, FastChat's
+model_answer records. Arena-Hard: one greedy turn, arena-hard-auto v2's model_answer records. The
+baseline model's answers come from this same script.
+
+Resumable: finished answers are appended to OUT.partial (fsync'd); a rerun skips the questions
+already there, and the partial file is renamed to OUT when every question is answered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+logger = logging.getLogger("generate_answers")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="prepared/SFT model directory")
+    parser.add_argument("--adapter", default=None, help="PEFT adapter directory merged on top of --model")
+    parser.add_argument("--benchmark", required=True, choices=["mt_bench", "arena_hard"])
+    parser.add_argument("--model-id", required=True, help="name written into every answer record")
+    parser.add_argument("--out", required=True, help="answers .jsonl")
+    parser.add_argument("--questions", default=None,
+                        help="question file (MT-Bench: question.jsonl; Arena-Hard: path, folder, version name "
+                             "such as arena-hard-v2.0, or hub dataset id); default: the bundled questions")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="new-token cap per reply (default: 1024 for MT-Bench, 4096 for Arena-Hard)")
+    parser.add_argument("--max-prompt-length", type=int, default=None,
+                        help="keep only the last N prompt tokens (default: no truncation)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--limit", type=int, default=None, help="answer only the first N questions")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (MT-Bench categories with T > 0)")
+    return parser.parse_args(argv)
+
+
+def read_partial(path: Path, id_key: str) -> dict:
+    """Finished records of an interrupted run; a line cut short by a kill is dropped."""
+    done = {}
+    if not path.exists():
+        return done
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                done[record[id_key]] = record
+            except (json.JSONDecodeError, KeyError, TypeError):
+                logger.warning("%s:%d: unreadable line dropped (a write cut short)", path, line_number)
+    return done
+
+
+class PartialWriter:
+    """Appends one JSON line per record and fsyncs it, so a killed job keeps what it finished."""
+
+    def __init__(self, path: Path, keep: list[dict]):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Rewrite the good records first: drops a half-written last line before appending more.
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for record in keep:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        self.handle = open(path, "a", encoding="utf-8")
+
+    def __call__(self, record: dict) -> None:
+        self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def load_questions(benchmark: str, source: str | None) -> list[dict]:
+    from prefopt.evaluation.benchmark_data import load_arena_hard_questions, load_mtbench_questions
+
+    return load_mtbench_questions(source) if benchmark == "mt_bench" else load_arena_hard_questions(source)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    import torch
+
+    from prefopt.evaluation import arena_hard, mtbench
+    from prefopt.models import load_for_inference
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    id_key = "question_id" if args.benchmark == "mt_bench" else "uid"
+    questions = load_questions(args.benchmark, args.questions)
+    if args.limit is not None:
+        questions = questions[: args.limit]
+    out = Path(args.out)
+    partial = out.with_name(out.name + ".partial")
+    done = read_partial(partial, id_key)
+    wanted = {q[id_key] for q in questions}
+    stale = [key for key, record in done.items() if key not in wanted or
+             record.get("model_id", record.get("model")) != args.model_id]
+    for key in stale:
+        logger.warning("dropping partial answer %s (other question set or model id)", key)
+        del done[key]
+    pending = [q for q in questions if q[id_key] not in done]
+    logger.info("%s: %d questions, %d already answered in %s, %d to generate",
+                args.benchmark, len(questions), len(done), partial, len(pending))
+
+    writer = PartialWriter(partial, [done[q[id_key]] for q in questions if q[id_key] in done])
+    try:
+        if pending:
+            model, tokenizer = load_for_inference(args.model, args.adapter, precision=args.precision)
+            if torch.cuda.is_available():
+                model.to("cuda")
+            common = dict(write=writer, batch_size=args.batch_size, seed=args.seed,
+                          max_prompt_length=args.max_prompt_length)
+            if args.benchmark == "mt_bench":
+                mtbench.generate_mtbench_answers(model, tokenizer, pending, args.model_id,
+                                                 max_new_tokens=args.max_new_tokens or mtbench.DEFAULT_MAX_NEW_TOKENS,
+                                                 **common)
+            else:
+                arena_hard.generate_arena_hard_answers(model, tokenizer, pending, args.model_id,
+                                                       max_new_tokens=args.max_new_tokens or 4096, **common)
+    finally:
+        writer.close()
+
+    # Question order, one record per question, then the atomic rename.
+    finished = read_partial(partial, id_key)
+    missing = [q[id_key] for q in questions if q[id_key] not in finished]
+    if missing:
+        logger.error("%d questions still unanswered (first: %s); rerun to resume", len(missing), missing[:5])
+        return 1
+    from prefopt.data import write_jsonl
+
+    write_jsonl(out, [finished[q[id_key]] for q in questions])
+    partial.unlink()
+    logger.info("wrote %d answers to %s", len(questions), out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
