@@ -71,8 +71,9 @@ def curve_series(records: list[dict], prefix: str = "") -> dict[str, tuple[np.nd
             continue
         if prefix == "" and "loss" not in record:
             continue  # evaluation records carry eval_* keys only
-        chosen = record.get(f"{prefix}logps/chosen")
-        rejected = record.get(f"{prefix}logps/rejected")
+        # DPO logs summed log-probs under TRL's names and the length-normalised l̄ under *_mean.
+        chosen = record.get(f"{prefix}logps/chosen_mean", record.get(f"{prefix}logps/chosen"))
+        rejected = record.get(f"{prefix}logps/rejected_mean", record.get(f"{prefix}logps/rejected"))
         if chosen is not None:
             series["chosen"].append((record["step"], chosen))
         if rejected is not None:

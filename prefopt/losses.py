@@ -304,6 +304,11 @@ def dpo_loss(
     rejected_logratios = rejected_sum - ref_rejected_sum
     loss = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios)).mean()
     metrics = _preference_metrics(beta * chosen_logratios, beta * rejected_logratios, chosen_sum, rejected_sum)
+    # TRL's logps/* are summed for DPO; the length-normalised l̄ puts every method on one axis.
+    metrics["logps/chosen_mean"] = sequence_mean_logps(chosen_logps.detach(), chosen_mask, name="chosen_logps").mean()
+    metrics["logps/rejected_mean"] = sequence_mean_logps(
+        rejected_logps.detach(), rejected_mask, name="rejected_logps"
+    ).mean()
     return loss, metrics
 
 

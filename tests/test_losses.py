@@ -701,3 +701,16 @@ def test_presets():
         assert PRESETS[name]["p"] == 2.5
     with pytest.raises(KeyError, match="authors_code"):
         get_preset("authors-code")
+
+
+def test_dpo_also_logs_length_normalised_logps():
+    from prefopt.losses import dpo_loss
+
+    chosen = torch.tensor([[-1.0, -3.0, 0.0]])
+    rejected = torch.tensor([[-2.0, -2.0, -4.0]])
+    chosen_mask = torch.tensor([[1.0, 1.0, 0.0]])
+    rejected_mask = torch.ones(1, 3)
+    _, metrics = dpo_loss(chosen, chosen_mask, rejected, rejected_mask, chosen, rejected)
+    assert metrics["logps/chosen"].item() == pytest.approx(-4.0)  # summed, as TRL logs it
+    assert metrics["logps/chosen_mean"].item() == pytest.approx(-2.0)
+    assert metrics["logps/rejected_mean"].item() == pytest.approx(-8.0 / 3)

@@ -1,0 +1,54 @@
+"""The judge path inside the DAG: answers -> judgments -> scores -> tables, against a local fake judge."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from fake_judge_server import FakeJudgeServer
+from workflow_utils import copy_workflow, snakemake, tiny_config, write_config
+
+pytestmark = pytest.mark.slow
+
+SECRET = "sk-test-DO-NOT-LEAK-4242"
+
+
+def reply(body, index):
+    text = " ".join(message.get("content", "") for message in body["messages"])
+    if "[[A>>B]]" in text or "[[A>B]]" in text:  # an Arena-Hard pairwise prompt
+        return "Both answers are short. My final verdict is [[A=B]]."
+    return "The answer is brief. Rating: [[6]]"
+
+
+def test_judged_tables(tiny_model_dir, tmp_path, monkeypatch):
+    workdir = copy_workflow(tmp_path / "workflow")
+    with FakeJudgeServer(reply) as server:
+        config = tiny_config({"tiny-a": tiny_model_dir})
+        config["methods"] = {"slime": {"preset": "paper"}}
+        config["ablations"] = {}
+        config["evaluation"]["benchmarks"] = ["offline"]
+        config["judge"] = {
+            "base_url": server.base_url, "model": "fake-judge-1", "api_key_env": "PREFOPT_TEST_JUDGE_KEY",
+            "benchmarks": ["mt_bench", "arena_hard"], "question_limit": 2, "mt_bench_max_new_tokens": 4,
+            "arena_hard_max_new_tokens": 4, "n_bootstrap": 20, "max_retries": 2, "timeout_s": 30,
+            "baseline": {"name": "tiny-baseline", "source": {"path": tiny_model_dir}},
+        }
+        path = write_config(workdir / "judged.yaml", config)
+        monkeypatch.setenv("PREFOPT_TEST_JUDGE_KEY", SECRET)
+        snakemake(workdir, "--cores", "2", "--configfile", str(path))
+        requests = server.request_count
+        # A rerun has nothing to do and sends nothing.
+        snakemake(workdir, "--cores", "2", "--configfile", str(path))
+        assert server.request_count == requests
+    assert requests > 0 and all(header == f"Bearer {SECRET}" for header in server.authorization_headers)
+
+    table3 = pd.read_csv(workdir / "results" / "tables" / "table3.csv")
+    rows = table3.set_index("method")
+    assert rows.loc["SFT", "mt_bench"] == pytest.approx(6.0)
+    assert rows.loc["+ SLIME (ours)", "arena_hard"] == pytest.approx(50.0)  # every game a tie
+    assert rows.loc["+ SLIME (ours)", "n_mt_bench_valid"] > 0
+    assert "fake-judge-1" in (workdir / "results" / "tables" / "table3.md").read_text()
+
+    for path in workdir.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
