@@ -1,0 +1,477 @@
+"""One preference trainer for every objective in `prefopt.losses` (DPO, SimPO, SLIME, StaPO).
+
+A training step is one concatenated forward over the chosen and rejected completions of a batch
+(`prefopt.logprobs`), the loss from the registry, and Trainer's backward/optimizer machinery, so the
+same code runs under `python`, `accelerate launch --multi_gpu` (DDP) and DeepSpeed ZeRO-2. The
+reference model runs only for losses that need it (`LossSpec.needs_reference`, i.e. DPO): with LoRA
+it is the same network with the adapters disabled, otherwise a frozen copy.
+
+    from prefopt.trainer import PreferenceConfig, PreferenceTrainer
+    args = PreferenceConfig(output_dir="ckpt", loss_type="slime", loss_kwargs={"p": 2.0}, use_cpu=True)
+    trainer = PreferenceTrainer(model, args, train_dataset=rows, processing_class=tokenizer)
+    trainer.train()
+
+`train_preference(run_config, ...)` is the whole alignment job (load, LoRA, validate, tokenize,
+train with resumable checkpoints, write adapter + metrics + summary atomically).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from prefopt.logprobs import (
+    PairCollator,
+    adapters_disabled,
+    completion_token_logps,
+    split_chosen_rejected,
+    tokenize_pair,
+)
+from prefopt.losses import compute_loss, get_loss
+from prefopt.run_config import default_precision  # noqa: F401  (re-exported: the trainer's precision helper)
+
+logger = logging.getLogger(__name__)
+
+TRAINER_STATE_NAME = "trainer_state.json"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss (or one of its terms) became NaN or Inf; the message names the step and the terms."""
+
+
+@dataclass
+class PreferenceConfig(TrainingArguments):
+    r"""
+    Configuration of [`PreferenceTrainer`]: `transformers.TrainingArguments` plus the objective.
+
+    Parameters:
+        loss_type (`str`, *optional*, defaults to `"slime"`):
+            Objective from `prefopt.losses.LOSSES`:
+
+            - `"slime"`: SLIME, reference-free (paper, eqs. 5-10).
+            - `"dpo"`: DPO sigmoid loss with a reference model (Rafailov et al., 2023).
+            - `"simpo"`: SimPO, reference-free (Meng et al., 2024).
+            - `"stapo"`: StaPO two-sided contrastive loss, reference-free (docs/objectives.md).
+        loss_kwargs (`dict`, *optional*, defaults to `{}`):
+            Hyperparameters passed to the loss; unset ones take the loss's defaults (`LossSpec.defaults`),
+            e.g. `{"lambda_w": 0.1, "p": 2.5}` for SLIME or `{"beta": 0.1}` for DPO.
+        max_length (`int`, *optional*, defaults to `512`):
+            Maximum prompt + completion tokens; completions are truncated from the right.
+        max_prompt_length (`int`, *optional*, defaults to `256`):
+            Maximum prompt tokens; prompts are truncated from the left.
+        metrics_file (`str` or `None`, *optional*, defaults to `None`):
+            JSON-lines file receiving one record per logging step (`step`, `epoch`, `loss`, `lr` and every
+            metric). On resume, records past the resumed step are dropped, so each step appears once.
+    """
+
+    loss_type: Literal["dpo", "simpo", "slime", "stapo"] = field(
+        default="slime", metadata={"help": "Objective: one of prefopt.losses.LOSSES.", "choices": ["dpo", "simpo", "slime", "stapo"]}
+    )
+    loss_kwargs: dict = field(default_factory=dict, metadata={"help": "Loss hyperparameters (defaults: the loss's)."})
+    max_length: int | None = field(default=512, metadata={"help": "Maximum prompt + completion tokens."})
+    max_prompt_length: int | None = field(default=256, metadata={"help": "Maximum prompt tokens (left-truncated)."})
+    metrics_file: str | None = field(default=None, metadata={"help": "JSON-lines metrics file (append-safe)."})
+    # Trainer's defaults that do not fit pair batches: keep prompt_ids/chosen_ids/rejected_ids columns.
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False for pair batches."})
+    logging_steps: float = field(default=1, metadata={"help": "Log every N optimizer steps."})
+
+    def __post_init__(self):
+        spec = get_loss(self.loss_type)  # raises naming the unknown loss
+        unknown = sorted(set(self.loss_kwargs or {}) - set(spec.defaults))
+        if unknown:
+            raise ValueError(f"PreferenceConfig.loss_kwargs: {unknown} not parameters of '{self.loss_type}' "
+                             f"(known: {sorted(spec.defaults)})")
+        if self.max_length is not None and self.max_prompt_length is not None and self.max_prompt_length >= self.max_length:
+            raise ValueError(f"PreferenceConfig: max_prompt_length ({self.max_prompt_length}) must be < max_length ({self.max_length})")
+        super().__post_init__()
+
+
+def _is_peft_model(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(model, PeftModel)
+
+
+def checkpoint_step(checkpoint_dir: str | os.PathLike) -> int:
+    match = re.search(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)$", str(checkpoint_dir).rstrip("/"))
+    if not match:
+        raise ValueError(f"{checkpoint_dir} is not a '{PREFIX_CHECKPOINT_DIR}-N' directory")
+    return int(match.group(1))
+
+
+def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
+    """The newest `checkpoint-N` in `folder` whose trainer state was written (Trainer writes it last).
+
+    A job killed while saving leaves a checkpoint without `trainer_state.json`; it is skipped (and
+    named in a warning), and the previous one is used.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    candidates = []
+    for path in folder.iterdir():
+        if path.is_dir() and re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", path.name):
+            candidates.append((checkpoint_step(path), path))
+    for _, path in sorted(candidates, reverse=True):
+        if (path / TRAINER_STATE_NAME).exists():
+            return str(path)
+        logger.warning("skipping incomplete checkpoint %s (no %s)", path, TRAINER_STATE_NAME)
+    return None
+
+
+def _read_metric_records(path: Path) -> list[dict]:
+    records = []
+    if not path.exists():
+        return records
+    for line_number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            # A job killed mid-write leaves a partial last line; it is dropped, the step is logged again.
+            logger.warning("%s:%d: dropping an unreadable metrics line", path, line_number)
+    return records
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class MetricsFileCallback(TrainerCallback):
+    """Appends one JSON line per log event to `path` (main process only), fsync'ed so a kill loses nothing.
+
+    Training records hold `step`, `epoch`, `loss`, `lr` and every other logged value; evaluation records
+    hold `step`, `epoch` and the `eval_*` values. The end-of-training summary is not written here.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        is_train_step = "loss" in logs
+        if not (is_train_step or any(key.startswith("eval_") for key in logs)):
+            return  # the end-of-training summary (train_runtime, ...) goes to summary.json
+        record = {"step": state.global_step, "epoch": state.epoch}
+        if is_train_step:
+            record["loss"] = logs["loss"]
+            record["lr"] = logs.get("learning_rate")
+        for key, value in logs.items():
+            if key not in ("loss", "learning_rate", "epoch", "step"):
+                record[key] = value
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def prepare_metrics_file(path: str | os.PathLike, resume_from_checkpoint: str | None) -> None:
+    """Fresh run: start an empty file. Resume from checkpoint-N: keep only records with step <= N.
+
+    Trainer logs step N before saving checkpoint-N, so the kept records end exactly where training
+    resumes and every step appears once.
+    """
+    path = Path(path)
+    if resume_from_checkpoint is None:
+        path.unlink(missing_ok=True)
+        return
+    resume_step = json.loads((Path(resume_from_checkpoint) / TRAINER_STATE_NAME).read_text())["global_step"]
+    kept = [record for record in _read_metric_records(path) if record.get("step", 0) <= resume_step]
+    _write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in kept))
+
+
+class PreferenceTrainer(Trainer):
+    """`transformers.Trainer` for pairwise preference objectives (one class for every loss in the registry).
+
+    `train_dataset` holds tokenized pairs (`prompt_ids`, `chosen_ids`, `rejected_ids`) or raw
+    conversational rows (docs/architecture.md), which are tokenized with `processing_class`.
+    Logs TRL's metric names (`rewards/*`, `logps/*`) plus every metric the loss returns, averaged over
+    the logging interval and over processes, and writes them to `args.metrics_file`.
+    """
+
+    # compute_loss returns a per-micro-batch mean; Trainer divides it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, model, args: PreferenceConfig, train_dataset=None, eval_dataset=None, processing_class=None,
+                 ref_model=None, data_collator=None, callbacks=None, **kwargs):
+        if not isinstance(args, PreferenceConfig):
+            raise TypeError(f"PreferenceTrainer needs a PreferenceConfig, got {type(args).__name__}")
+        self.loss_spec = get_loss(args.loss_type)
+        self.loss_kwargs = dict(args.loss_kwargs or {})
+        if data_collator is None:
+            if processing_class is None:
+                raise ValueError("PreferenceTrainer: pass processing_class (the tokenizer) or a data_collator")
+            data_collator = PairCollator(processing_class.pad_token_id)
+        train_dataset = self._tokenized(train_dataset, processing_class, args, "train")
+        eval_dataset = self._tokenized(eval_dataset, processing_class, args, "eval")
+        if hasattr(model, "config"):
+            model.config.use_cache = False
+        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=processing_class, data_collator=data_collator, callbacks=callbacks, **kwargs)
+
+        self.uses_adapter_reference = False
+        self.ref_model = None
+        if self.loss_spec.needs_reference:
+            if _is_peft_model(model) and ref_model is None:
+                self.uses_adapter_reference = True
+            else:
+                if ref_model is None:
+                    ref_model = copy.deepcopy(model)
+                ref_model.eval()
+                ref_model.requires_grad_(False)
+                if self.is_deepspeed_enabled:
+                    # ZeRO-2 keeps full parameters on every rank: a plain frozen copy on this rank's device.
+                    self.ref_model = ref_model.to(self.accelerator.device)
+                else:
+                    self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+        elif ref_model is not None:
+            logger.warning("loss '%s' is reference-free: the ref_model passed is ignored", args.loss_type)
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self.reference_forward_calls = 0
+        if args.metrics_file:
+            self.add_callback(MetricsFileCallback(args.metrics_file))
+
+    # ----------------------------------------------------------------------------------------- data
+
+    @staticmethod
+    def _tokenized(dataset, tokenizer, args: PreferenceConfig, name: str):
+        if dataset is None or len(dataset) == 0:
+            return dataset
+        first = dataset[0]
+        if "prompt_ids" in first:
+            return dataset
+        if tokenizer is None:
+            raise ValueError(f"PreferenceTrainer: {name} rows are not tokenized and no processing_class was given")
+        return [
+            tokenize_pair(tokenizer, row, max_length=args.max_length, max_prompt_length=args.max_prompt_length)
+            for row in tqdm(dataset, desc=f"tokenize {name} pairs", disable=len(dataset) < 1000)
+        ]
+
+    # ----------------------------------------------------------------------------------------- loss
+
+    def reference_token_logps(self, model, inputs) -> torch.Tensor:
+        """Per-token log-probs of the reference policy (no gradients)."""
+        self.reference_forward_calls += 1
+        if self.uses_adapter_reference:
+            with adapters_disabled(model):
+                token_logps, _ = completion_token_logps(
+                    model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
+        else:
+            with torch.no_grad():
+                token_logps, _ = completion_token_logps(
+                    self.ref_model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
+        return token_logps.detach()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        references = {}
+        if self.loss_spec.needs_reference:
+            # Before the policy forward: under DDP the graph-building forward should be the last one.
+            ref_chosen, _, ref_rejected, _ = split_chosen_rejected(
+                self.reference_token_logps(model, inputs), inputs["completion_mask"][:, 1:])
+            references = {"ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}
+        token_logps, mask = completion_token_logps(
+            model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
+        chosen_logps, chosen_mask, rejected_logps, rejected_mask = split_chosen_rejected(token_logps, mask)
+        loss, metrics = compute_loss(self.args.loss_type, chosen_logps, chosen_mask, rejected_logps, rejected_mask,
+                                     **references, **self.loss_kwargs)
+        self._record_metrics(mode, loss, metrics)
+        if return_outputs:
+            return loss, {"chosen_logps": chosen_logps.detach(), "rejected_logps": rejected_logps.detach()}
+        return loss
+
+    def _record_metrics(self, mode: str, loss: torch.Tensor, metrics: dict[str, torch.Tensor]) -> None:
+        """Gather loss + metrics from every process in one call; raise if any is non-finite anywhere."""
+        names = list(metrics)
+        local = torch.stack([loss.detach().float().reshape(())] + [metrics[n].detach().float().reshape(()) for n in names])
+        gathered = self.accelerator.gather_for_metrics(local.unsqueeze(0)).reshape(-1, len(names) + 1)
+        if not torch.isfinite(gathered).all():
+            bad_terms = [name for column, name in enumerate(["loss"] + names) if not torch.isfinite(gathered[:, column]).all()]
+            step = self.state.global_step + (1 if mode == "train" else 0)
+            raise NonFiniteLossError(
+                f"non-finite {self.args.loss_type} loss at global step {step} ({mode}): "
+                f"non-finite terms: {', '.join(bad_terms)}; "
+                f"values (process 0): {dict(zip(['loss'] + names, gathered[0].tolist()))}"
+            )
+        means = gathered.mean(dim=0).tolist()
+        for name, value in zip(names, means[1:]):
+            self._metrics[mode][name].append(value)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    # ----------------------------------------------------------------------------------------- logging
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the loss metrics averaged over the logging interval (as TRL does), then log everywhere."""
+        mode = "train" if self.model.training else "eval"
+        averaged = {name: sum(values) / len(values) for name, values in self._metrics[mode].items() if values}
+        if mode == "eval":
+            averaged = {f"eval_{name}": value for name, value in averaged.items()}
+        logs.update(averaged)
+        super().log(logs, start_time)  # -> callbacks: TensorBoard, MetricsFileCallback
+        self._metrics[mode].clear()
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} has no complete checkpoint")
+        if self.args.metrics_file and self.is_world_process_zero():
+            prepare_metrics_file(self.args.metrics_file, resume_from_checkpoint)
+        self.accelerator.wait_for_everyone()
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The alignment job
+
+
+def _staging_dir(out_dir: Path) -> Path:
+    return out_dir.parent / f".{out_dir.name}.partial"
+
+
+def publish_dir(staging: Path, out_dir: Path) -> None:
+    """Replace `out_dir` by `staging` with renames only, so a kill never leaves a half-written out_dir."""
+    out_dir = Path(out_dir)
+    old = out_dir.parent / f".{out_dir.name}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def train_preference(run_config: dict, model_dir, train_rows: list[dict], out_dir, checkpoint_dir,
+                     eval_rows: list[dict] | None = None) -> dict:
+    """Run one alignment job from a validated run config (`prefopt.run_config.load_run_config`).
+
+    Loads the model and tokenizer from `model_dir`, applies LoRA if configured, validates and
+    tokenizes `train_rows`, trains with checkpoints in `checkpoint_dir` (resuming from the newest
+    complete one), and writes `out_dir/` atomically: `adapter/` (PEFT) or `model/` (full fine-tune),
+    `metrics.jsonl`, `summary.json`, `data_report.json`. Only the main process writes. Returns the summary.
+    """
+    from peft import get_peft_model
+    from transformers import set_seed
+
+    from prefopt.data import validate_rows, write_json
+    from prefopt.models import load_model, load_tokenizer, lora_config
+    from prefopt.run_config import check_devices, resolved_precision, to_training_arguments
+
+    method = run_config["method"]
+    if method == "sft":
+        raise ValueError("train_preference: run config 'method' is 'sft'; use prefopt.sft.train_sft")
+    training = run_config["training"]
+    out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
+    started = time.time()
+    device = check_devices(run_config)
+    # Paper, "Reproducibility": seed 0 for random, numpy and torch (set_seed covers all three).
+    set_seed(training["seed"])
+
+    precision = resolved_precision(run_config)
+    tokenizer = load_tokenizer(str(model_dir))
+    good_rows, data_report = validate_rows(
+        train_rows, tokenizer=tokenizer, max_prompt_length=training["max_prompt_length"],
+        max_length=training["max_length"], on_bad=run_config["data"]["on_bad"])
+    if not good_rows:
+        raise ValueError(f"train_preference: no usable training rows ({data_report['counts']})")
+    if eval_rows is not None:
+        eval_rows, _ = validate_rows(eval_rows, tokenizer=tokenizer, max_prompt_length=training["max_prompt_length"],
+                                     max_length=training["max_length"], on_bad="drop")
+
+    model = load_model(str(model_dir), precision)
+    if run_config["lora"] is not None:
+        lora = run_config["lora"]
+        model = get_peft_model(model, lora_config(r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"],
+                                                  target_modules=lora["target_modules"],
+                                                  modules_to_save=lora["modules_to_save"]))
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = checkpoint_dir / "metrics.jsonl"  # survives a kill next to the checkpoints it matches
+    args = to_training_arguments(run_config, checkpoint_dir, metrics_file=str(metrics_path))
+    if args.activation_checkpointing and run_config["lora"] is not None:
+        model.enable_input_require_grads()
+
+    trainer = PreferenceTrainer(model, args, train_dataset=good_rows, eval_dataset=eval_rows or None,
+                                processing_class=tokenizer)
+    resume = last_complete_checkpoint(checkpoint_dir)
+    if resume:
+        logger.info("resuming from %s", Path(resume).name)
+    else:
+        logger.info("no checkpoint in %s: starting from step 0", checkpoint_dir)
+    train_output = trainer.train(resume_from_checkpoint=resume)
+    eval_metrics = trainer.evaluate() if eval_rows else {}
+
+    staging = _staging_dir(out_dir)
+    if trainer.is_world_process_zero() and staging.exists():
+        shutil.rmtree(staging)
+    trainer.accelerator.wait_for_everyone()
+    weights_dir = staging / ("adapter" if run_config["lora"] is not None else "model")
+    trainer.save_model(str(weights_dir))  # every rank calls it: DeepSpeed gathers inside
+    summary = {}
+    if trainer.is_world_process_zero():
+        if run_config["lora"] is None:
+            tokenizer.save_pretrained(weights_dir)
+        records = _read_metric_records(metrics_path)
+        _write_text_atomic(staging / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        write_json(staging / "data_report.json", data_report)
+        final_train = next((r for r in reversed(records) if "loss" in r), {})
+        summary = {
+            "method": method,
+            "loss_kwargs": {**trainer.loss_spec.defaults, **run_config["loss_kwargs"]},
+            "model_dir": str(model_dir),
+            "weights": weights_dir.name,
+            "global_step": trainer.state.global_step,
+            "epoch": trainer.state.epoch,
+            "train_runtime_s": train_output.metrics.get("train_runtime"),
+            "job_runtime_s": time.time() - started,
+            "train_loss": _json_safe(train_output.training_loss),
+            "final_metrics": final_train,
+            "eval_metrics": {k: _json_safe(v) for k, v in eval_metrics.items()},
+            "resumed_from": Path(resume).name if resume else None,
+            "num_train_pairs": len(good_rows),
+            "num_dropped_rows": data_report["dropped"],
+            "precision": precision,
+            "device": device,
+            "world_size": trainer.accelerator.num_processes,
+            "reference_forward_calls": trainer.reference_forward_calls,
+            "run_config": run_config,
+        }
+        write_json(staging / "summary.json", summary)
+        publish_dir(staging, out_dir)
+        logger.info("wrote %s (%d steps, resumed_from=%s)", out_dir, trainer.state.global_step, summary["resumed_from"])
+    trainer.accelerator.wait_for_everyone()
+    return summary

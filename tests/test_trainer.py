@@ -1,0 +1,264 @@
+"""PreferenceTrainer, train_preference and the run config, on the tiny 2-layer Llama."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from prefopt.logprobs import PairCollator, completion_token_logps, tokenize_pair
+from prefopt.run_config import RunConfigError, default_precision, load_run_config, validate_run_config
+from prefopt.trainer import NonFiniteLossError, PreferenceConfig, PreferenceTrainer, train_preference
+
+PAIRS = [
+    ("What is 17 + 25?", "17 + 25 = 42.\n\nAnswer: 42", "17 + 25 = 43.\n\nAnswer: 43"),
+    ("Sort 9, 2, 5 ascending.", "2, 5, 9\n\nAnswer: 2, 5, 9", "2, 9, 5\n\nAnswer: 2, 9, 5"),
+    ("Convert 3 km to metres.", "3 km = 3000 m.\n\nAnswer: 3000", "3 km = 300 m.\n\nAnswer: 300"),
+    ("Reverse the word 'stone'.", "Reversed: enots\n\nAnswer: enots", "Reversed: etons\n\nAnswer: etons"),
+    ("What is 6 times 7?", "6 x 7 = 42.\n\nAnswer: 42", "6 x 7 = 48.\n\nAnswer: 48"),
+    ("Capitalise 'paris'.", "Paris\n\nAnswer: Paris", "paris\n\nAnswer: paris"),
+    ("How many grams in 2 kg?", "2 kg = 2000 g.\n\nAnswer: 2000", "2 kg = 20 g.\n\nAnswer: 20"),
+    ("Sort b, a, c.", "a, b, c\n\nAnswer: a, b, c", "b, a, c\n\nAnswer: b, a, c"),
+]
+
+
+def make_rows(pairs=PAIRS):
+    rows = []
+    for index, (prompt, chosen, rejected) in enumerate(pairs):
+        user = {"role": "user", "content": prompt}
+        rows.append({"prompt_id": f"pair-{index}", "prompt": prompt,
+                     "chosen": [user, {"role": "assistant", "content": chosen}],
+                     "rejected": [user, {"role": "assistant", "content": rejected}],
+                     "score_chosen": 1.0, "score_rejected": 0.0})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_dir):
+    from prefopt.models import load_tokenizer
+
+    return load_tokenizer(tokenizer_dir)
+
+
+def make_trainer(tiny_model_dir, tokenizer, tmp_path, loss_type, *, lora=True, rows=None, loss_kwargs=None, **overrides):
+    from peft import get_peft_model
+
+    from prefopt.models import load_model, lora_config
+
+    torch.manual_seed(0)
+    model = load_model(tiny_model_dir)
+    if lora:
+        model = get_peft_model(model, lora_config(r=8, alpha=16))
+    settings = dict(output_dir=str(tmp_path / f"ckpt-{loss_type}"), loss_type=loss_type, loss_kwargs=loss_kwargs or {},
+                    learning_rate=1e-3, per_device_train_batch_size=4, gradient_accumulation_steps=1, max_steps=6,
+                    lr_scheduler_type="constant", max_grad_norm=0.0, logging_steps=1, save_strategy="no",
+                    use_cpu=True, bf16=False, report_to="none", max_length=128, max_prompt_length=96,
+                    metrics_file=str(tmp_path / f"{loss_type}-metrics.jsonl"), seed=0, disable_tqdm=True)
+    settings.update(overrides)
+    args = PreferenceConfig(**settings)
+    return PreferenceTrainer(model, args, train_dataset=rows if rows is not None else make_rows()[:4],
+                             processing_class=tokenizer)
+
+
+def read_records(path):
+    return [json.loads(line) for line in open(path)]
+
+
+@pytest.mark.parametrize("loss_type", ["dpo", "simpo", "slime", "stapo"])
+def test_training_lowers_each_loss(tiny_model_dir, tokenizer, tmp_path, loss_type):
+    # one batch of 4 pairs, seen at every step: the loss on it must go down
+    trainer = make_trainer(tiny_model_dir, tokenizer, tmp_path, loss_type)
+    trainer.train()
+    losses = [record["loss"] for record in read_records(tmp_path / f"{loss_type}-metrics.jsonl")]
+    assert len(losses) == 6
+    assert losses[-1] < losses[0] - 1e-3, losses
+
+
+def count_decoder_forwards(trainer):
+    from prefopt.logprobs import unwrap_causal_lm
+
+    calls = []
+    unwrap_causal_lm(trainer.model).get_decoder().register_forward_pre_hook(lambda *_: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("loss_type,forwards_per_step", [("dpo", 2), ("slime", 1), ("simpo", 1), ("stapo", 1)])
+def test_reference_forward_only_for_dpo(tiny_model_dir, tokenizer, tmp_path, loss_type, forwards_per_step):
+    trainer = make_trainer(tiny_model_dir, tokenizer, tmp_path, loss_type, max_steps=2)
+    calls = count_decoder_forwards(trainer)
+    trainer.train()
+    assert len(calls) == 2 * forwards_per_step
+    assert trainer.reference_forward_calls == (2 if loss_type == "dpo" else 0)
+
+
+def test_lora_reference_is_the_base_model(tiny_model_dir, tokenizer, tmp_path):
+    from prefopt.models import load_model
+
+    trainer = make_trainer(tiny_model_dir, tokenizer, tmp_path, "dpo", max_steps=3)
+    trainer.train()
+    assert trainer.uses_adapter_reference and trainer.ref_model is None
+    features = [tokenize_pair(tokenizer, row, max_length=128, max_prompt_length=96) for row in make_rows()[:4]]
+    batch = PairCollator(tokenizer.pad_token_id)(features)
+    trainer.model.eval()
+    reference = trainer.reference_token_logps(trainer.model, batch)
+    with torch.no_grad():
+        policy, _ = completion_token_logps(trainer.model, batch["input_ids"], batch["attention_mask"],
+                                           batch["completion_mask"])
+        base, _ = completion_token_logps(load_model(tiny_model_dir).eval(), batch["input_ids"],
+                                         batch["attention_mask"], batch["completion_mask"])
+    torch.testing.assert_close(reference, base, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(policy, base, atol=1e-3)  # the adapter did train
+
+
+def test_full_finetune_dpo_uses_frozen_reference_copy(tiny_model_dir, tokenizer, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tokenizer, tmp_path, "dpo", lora=False, max_steps=2, learning_rate=1e-4)
+    trainer.train()
+    assert trainer.ref_model is not None and not trainer.uses_adapter_reference
+    assert not any(p.requires_grad for p in trainer.ref_model.parameters())
+    policy_weight = trainer.model.model.layers[0].mlp.up_proj.weight
+    reference_weight = trainer.ref_model.model.layers[0].mlp.up_proj.weight
+    assert not torch.equal(policy_weight, reference_weight)
+
+
+def test_metrics_file_has_trl_names_and_slime_terms(tiny_model_dir, tokenizer, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tokenizer, tmp_path, "slime", max_steps=4, logging_steps=2,
+                           per_device_train_batch_size=2, rows=make_rows())
+    trainer.train()
+    records = read_records(tmp_path / "slime-metrics.jsonl")
+    assert [record["step"] for record in records] == [2, 4]
+    expected = {"step", "epoch", "loss", "lr", "rewards/chosen", "rewards/rejected", "rewards/margins",
+                "rewards/accuracies", "logps/chosen", "logps/rejected", "slime/chosen_term", "slime/rejected_term",
+                "slime/distance_term", "slime/delta", "slime/frac_past_hard_margin",
+                "slime/frac_rejected_tokens_below_neg_delta"}
+    for record in records:
+        assert expected <= set(record), expected - set(record)
+        total = record["slime/chosen_term"] + record["slime/rejected_term"] + record["slime/distance_term"]
+        assert total == pytest.approx(record["loss"], rel=1e-4)  # averaged over the same 2 micro-steps
+
+
+def test_non_finite_loss_names_step_and_term(tiny_model_dir, tokenizer, tmp_path):
+    # p=1000 overflows softplus(...)^p to inf in fp32: the rejected term (and so the loss) is infinite
+    trainer = make_trainer(tiny_model_dir, tokenizer, tmp_path, "slime", loss_kwargs={"p": 1000.0}, max_steps=2)
+    with pytest.raises(NonFiniteLossError, match=r"global step 1 .*slime/rejected_term") as error:
+        trainer.train()
+    assert "loss" in str(error.value) and "slime/chosen_term" not in str(error.value).split("values")[0]
+
+
+def test_non_finite_loss_later_step(tiny_model_dir, tokenizer, tmp_path, monkeypatch):
+    import prefopt.trainer as trainer_module
+
+    real_compute_loss = trainer_module.compute_loss
+    calls = []
+
+    def poisoned(*args, **kwargs):
+        loss, metrics = real_compute_loss(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:
+            metrics["slime/distance_term"] = torch.tensor(float("nan"))
+            loss = loss * float("nan")
+        return loss, metrics
+
+    monkeypatch.setattr(trainer_module, "compute_loss", poisoned)
+    trainer = make_trainer(tiny_model_dir, tokenizer, tmp_path, "slime", max_steps=4)
+    with pytest.raises(NonFiniteLossError, match=r"global step 3 .*loss, slime/distance_term"):
+        trainer.train()
+
+
+def small_run_config(**training):
+    settings = {"learning_rate": 1e-3, "max_steps": 4, "per_device_train_batch_size": 2,
+                "gradient_accumulation_steps": 1, "save_steps": 2, "max_length": 128, "max_prompt_length": 96}
+    settings.update(training)
+    return validate_run_config({"method": "slime", "loss_kwargs": {"lambda_w": 0.2},
+                                "training": settings, "lora": {"r": 4, "alpha": 8}})
+
+
+def test_resume_after_kill_continues_metrics_without_duplicates(tiny_model_dir, tmp_path, caplog):
+    import logging
+
+    run_config = small_run_config()
+    out_dir, checkpoint_dir = tmp_path / "out", tmp_path / "checkpoints"
+    first = train_preference(run_config, tiny_model_dir, make_rows(), out_dir, checkpoint_dir)
+    assert first["resumed_from"] is None and first["global_step"] == 4
+    assert (out_dir / "adapter" / "adapter_model.safetensors").exists()
+    first_records = read_records(out_dir / "metrics.jsonl")
+    assert [record["step"] for record in first_records] == [1, 2, 3, 4]
+
+    # simulate a kill after step 3: checkpoint-4 and the published outputs never existed
+    shutil.rmtree(out_dir)
+    shutil.rmtree(checkpoint_dir / "checkpoint-4")
+    with caplog.at_level(logging.INFO, logger="prefopt.trainer"):
+        second = train_preference(run_config, tiny_model_dir, make_rows(), out_dir, checkpoint_dir)
+    assert "resuming from checkpoint-2" in caplog.text
+    assert second["resumed_from"] == "checkpoint-2" and second["global_step"] == 4
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["resumed_from"] == "checkpoint-2"
+    records = read_records(out_dir / "metrics.jsonl")
+    assert [record["step"] for record in records] == [1, 2, 3, 4]
+    # the resumed steps replay the same data and optimizer state
+    for before, after in zip(first_records, records):
+        assert after["loss"] == pytest.approx(before["loss"], rel=1e-4)
+    assert not list(tmp_path.glob(".out.*"))  # no staging leftovers
+
+
+def test_resume_skips_incomplete_checkpoint(tiny_model_dir, tmp_path):
+    from prefopt.trainer import last_complete_checkpoint
+
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-4").mkdir()  # killed while saving: no trainer_state.json
+    assert last_complete_checkpoint(tmp_path).endswith("checkpoint-2")
+    assert last_complete_checkpoint(tmp_path / "missing") is None
+
+
+def test_run_config_defaults_and_errors(tmp_path):
+    config = validate_run_config({"method": "slime"})
+    assert config["training"]["learning_rate"] == 5e-7 and config["training"]["max_grad_norm"] is None
+    assert config["lora"]["r"] == 64 and config["data"]["on_bad"] == "drop"
+    assert validate_run_config({"method": "sft"})["training"]["num_train_epochs"] == 3
+    assert validate_run_config({"method": "dpo", "lora": None})["lora"] is None
+    assert default_precision("cpu") == "fp32"
+    bad = [
+        ({"method": "ppo"}, "'method'"),
+        ({"method": "slime", "training": {"learnig_rate": 1e-3}}, "training.learnig_rate"),
+        ({"method": "slime", "training": {"per_device_train_batch_size": "8"}}, "training.per_device_train_batch_size"),
+        ({"method": "slime", "training": {"precision": "int8"}}, "training.precision"),
+        ({"method": "slime", "loss_kwargs": {"beta": 0.1}}, "loss_kwargs.beta"),
+        ({"method": "slime", "lora": {"rank": 8}}, "lora.rank"),
+        ({"method": "slime", "data": {"on_bad": "skip"}}, "data.on_bad"),
+        ({"method": "slime", "training": {"max_length": 128, "max_prompt_length": 128}}, "training.max_prompt_length"),
+    ]
+    for config, key in bad:
+        with pytest.raises(RunConfigError, match=key.replace(".", r"\.")):
+            validate_run_config(config)
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"method": "dpo", "loss_kwargs": {"beta": 0.1}, "training": {"max_grad_norm": 1.0}}))
+    loaded = load_run_config(path)
+    assert loaded["loss_kwargs"] == {"beta": 0.1} and loaded["training"]["max_grad_norm"] == 1.0
+
+
+def test_run_config_to_training_arguments():
+    from prefopt.run_config import to_training_arguments
+
+    args = to_training_arguments(validate_run_config({"method": "slime", "loss_kwargs": {"p": 2.0}}), "ckpt")
+    assert isinstance(args, PreferenceConfig)
+    assert args.loss_type == "slime" and args.loss_kwargs == {"p": 2.0}
+    assert args.max_grad_norm == 0.0  # null -> no clipping
+    assert args.use_cpu and not args.bf16 and not args.gradient_checkpointing
+    assert args.save_total_limit == 2 and args.lr_scheduler_type == "linear"
+
+
+def test_train_preference_full_finetune_with_eval(tiny_model_dir, tmp_path):
+    run_config = validate_run_config({
+        "method": "dpo", "loss_kwargs": {"beta": 0.1}, "lora": None,
+        "training": {"learning_rate": 1e-5, "max_steps": 2, "per_device_train_batch_size": 2,
+                     "gradient_accumulation_steps": 2, "save_steps": 50, "max_length": 128, "max_prompt_length": 96}})
+    rows = make_rows()
+    summary = train_preference(run_config, tiny_model_dir, rows, tmp_path / "out", tmp_path / "ckpt",
+                               eval_rows=rows[:2])
+    assert (tmp_path / "out" / "model" / "model.safetensors").exists()
+    assert summary["reference_forward_calls"] == 2 * 2 + 1  # 2 steps x 2 micro-batches, + 1 eval batch
+    assert {"eval_loss", "eval_rewards/accuracies", "eval_logps/chosen"} <= set(summary["eval_metrics"])
+    report = json.loads((tmp_path / "out" / "data_report.json").read_text())
+    assert report["total"] == 8 and report["bad"] == 0
