@@ -273,19 +273,30 @@ def launch_command(stage):
     kind = launcher.get("type", "python")
     if kind == "python":
         return "python"
-    processes = launcher.get("num_processes", 1)
     default_file = {
         "ddp": "configs/accelerate/ddp.yaml",
         "zero2": "configs/accelerate/zero2.yaml",
     }[kind]
-    accelerate_config = launcher.get("accelerate_config", default_file)
-    precision = "bf16" if config.get("precision") == "bf16" else "no"
-    extra = "--multi_gpu" if config.get("device", "cpu") == "cpu" else ""
-    return (
-        f"accelerate launch --config_file {accelerate_config} "
-        f"--num_processes {processes} --mixed_precision {precision} {extra} "
-        f"--main_process_port $(python {REPO}/workflow/scripts/free_port.py)"
+    on_cpu = config.get("device", "cpu") == "cpu"
+    if on_cpu and kind == "ddp":
+        default_file = "configs/accelerate/cpu_ddp.yaml"
+    # Jobs started together on one machine need distinct rendezvous ports; multi-node runs fix one.
+    port = (
+        launcher.get("main_process_port")
+        or f"$(python {REPO}/workflow/scripts/free_port.py)"
     )
+    parts = [
+        "accelerate launch",
+        f"--config_file {launcher.get('accelerate_config', default_file)}",
+        f"--num_processes {launcher.get('num_processes', 1)}",
+        f"--mixed_precision {'bf16' if config.get('precision') == 'bf16' else 'no'}",
+        (
+            "--multi_gpu" if on_cpu else ""
+        ),  # on CPU, `--cpu` would quietly start one process
+        f"--main_process_port {port}",
+        launcher.get("extra_args", ""),
+    ]
+    return " ".join(part for part in parts if part)
 
 
 def stage_threads(stage):
