@@ -12,7 +12,7 @@ rule build_demo_data:
         seed=config["data"].get("demo", {}).get("seed", 0),
     shell:
         "python workflow/scripts/build_demo_data.py --n {params.n} --seed {params.seed} "
-        "--out {output.raw} 2> {log}"
+        "--out {output.raw} > {log} 2>&1"
 
 
 rule split_data:
@@ -41,4 +41,4 @@ rule split_data:
     shell:
         "python workflow/scripts/split_data.py {params.source} "
         "--sft-fraction {params.sft_fraction} --eval-size {params.eval_size} --seed {params.seed} "
-        "--on-bad {params.on_bad} {params.limit} --out-dir $(dirname {output.manifest}) 2> {log}"
+        "--on-bad {params.on_bad} {params.limit} --out-dir $(dirname {output.manifest}) > {log} 2>&1"

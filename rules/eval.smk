@@ -30,4 +30,4 @@ rule evaluate:
         "--out {output.result} --per-example {output.per_example} "
         "--batch-size {params.batch_size} --max-new-tokens {params.max_new_tokens} "
         "--max-length {params.max_length} --max-prompt-length {params.max_prompt_length} "
-        "--precision {params.precision} --threads {threads} 2> {log}"
+        "--precision {params.precision} --threads {threads} > {log} 2>&1"

@@ -14,7 +14,7 @@ rule judge_config:
     params:
         payload=json.dumps(judge_config_payload(), sort_keys=True),
     shell:
-        "python workflow/scripts/write_json.py --json {params.payload:q} --out {output.judge_config} 2> {log}"
+        "python workflow/scripts/write_json.py --json {params.payload:q} --out {output.judge_config} > {log} 2>&1"
 
 
 rule prepare_baseline_model:
@@ -33,7 +33,7 @@ rule prepare_baseline_model:
     shell:
         "python workflow/scripts/prepare_model.py --source {params.source:q} "
         "--chat-template {params.chat_template} --precision {params.precision} "
-        "--out {output.model} 2> {log}"
+        "--out {output.model} > {log} 2>&1"
 
 
 rule baseline_answers:
@@ -59,7 +59,7 @@ rule baseline_answers:
         "python workflow/scripts/generate_answers.py --model {input.model} "
         "--benchmark arena_hard --model-id {params.model_id} {params.questions} "
         "--batch-size {params.batch_size} --precision {params.precision} --threads {threads} "
-        "--out {output.answers} 2> {log}"
+        "--out {output.answers} > {log} 2>&1"
 
 
 rule generate_answers:
@@ -86,7 +86,7 @@ rule generate_answers:
         "python workflow/scripts/generate_answers.py --model {input.model} {params.adapter} "
         "--benchmark {wildcards.judged} --model-id {params.model_id} {params.questions} "
         "--batch-size {params.batch_size} --precision {params.precision} --threads {threads} "
-        "--out {output.answers} 2> {log}"
+        "--out {output.answers} > {log} 2>&1"
 
 
 rule judge_answers:
@@ -109,7 +109,7 @@ rule judge_answers:
         "python workflow/scripts/judge_answers.py --benchmark {wildcards.judged} "
         "--answers {input.answers} --model-id {params.model_id} {params.baseline} {params.questions} "
         "--judge-config {input.judge_config} --cache {params.cache} "
-        "--out {output.judgments} 2> {log}"
+        "--out {output.judgments} > {log} 2>&1"
 
 
 rule score_judgments:
@@ -130,4 +130,4 @@ rule score_judgments:
     shell:
         "python workflow/scripts/score_judgments.py --benchmark {wildcards.judged} "
         "--judgments {input.judgments} --seed {params.seed} --n-bootstrap {params.n_bootstrap} "
-        "--out {output.score} 2> {log}"
+        "--out {output.score} > {log} 2>&1"

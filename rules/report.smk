@@ -11,7 +11,7 @@ rule tables_manifest:
     params:
         payload=json.dumps(tables_manifest(), sort_keys=True),
     shell:
-        "python workflow/scripts/write_json.py --json {params.payload:q} --out {output.manifest} 2> {log}"
+        "python workflow/scripts/write_json.py --json {params.payload:q} --out {output.manifest} > {log} 2>&1"
 
 
 rule tables:
@@ -43,7 +43,7 @@ rule tables:
         "../envs/report.yaml"
     shell:
         "python workflow/scripts/make_tables.py --manifest {input.manifest} "
-        "--out-dir $(dirname {input.manifest}) 2> {log}"
+        "--out-dir $(dirname {input.manifest}) > {log} 2>&1"
 
 
 rule figures_manifest:
@@ -59,7 +59,7 @@ rule figures_manifest:
     params:
         payload=json.dumps(figures_manifest(), sort_keys=True),
     shell:
-        "python workflow/scripts/write_json.py --json {params.payload:q} --out {output.manifest} 2> {log}"
+        "python workflow/scripts/write_json.py --json {params.payload:q} --out {output.manifest} > {log} 2>&1"
 
 
 rule figures:
@@ -82,4 +82,4 @@ rule figures:
         "../envs/report.yaml"
     shell:
         "python workflow/scripts/make_figures.py --manifest {input.manifest} "
-        "--out-dir {output.figures} 2> {log}"
+        "--out-dir {output.figures} > {log} 2>&1"

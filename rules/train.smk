@@ -17,7 +17,7 @@ rule prepare_model:
     shell:
         "python workflow/scripts/prepare_model.py --source {params.source:q} "
         "--chat-template {params.chat_template} --precision {params.precision} "
-        "--out {output.model} 2> {log}"
+        "--out {output.model} > {log} 2>&1"
 
 
 rule write_run_config:
@@ -33,7 +33,7 @@ rule write_run_config:
     params:
         payload=lambda wildcards: json.dumps(get_run_config(wildcards), sort_keys=True),
     shell:
-        "python workflow/scripts/write_json.py --json {params.payload:q} --out {output.run_config} 2> {log}"
+        "python workflow/scripts/write_json.py --json {params.payload:q} --out {output.run_config} > {log} 2>&1"
 
 
 rule sft:
@@ -60,7 +60,7 @@ rule sft:
     shell:
         "{params.launch} workflow/scripts/sft.py --run-config {input.run_config} "
         "--model {input.model} --train {input.train} --out {output.model} "
-        "--checkpoint-dir {params.checkpoints} --threads {threads} --require-gpus {resources.gpu} 2> {log}"
+        "--checkpoint-dir {params.checkpoints} --threads {threads} --require-gpus {resources.gpu} > {log} 2>&1"
 
 
 rule align:
@@ -87,4 +87,4 @@ rule align:
     shell:
         "{params.launch} workflow/scripts/align.py --run-config {input.run_config} "
         "--model {input.model} --train {input.train} --out {output.run} "
-        "--checkpoint-dir {params.checkpoints} --threads {threads} --require-gpus {resources.gpu} 2> {log}"
+        "--checkpoint-dir {params.checkpoints} --threads {threads} --require-gpus {resources.gpu} > {log} 2>&1"
