@@ -290,9 +290,9 @@ def launch_command(stage):
         f"--config_file {launcher.get('accelerate_config', default_file)}",
         f"--num_processes {launcher.get('num_processes', 1)}",
         f"--mixed_precision {'bf16' if config.get('precision') == 'bf16' else 'no'}",
-        (
-            "--multi_gpu" if on_cpu else ""
-        ),  # on CPU, `--cpu` would quietly start one process
+        # On CPU, DDP needs --multi_gpu (`--cpu` would quietly start one process); zero2 must not get
+        # it: the flag overrides the yaml's DEEPSPEED type and the job silently runs as plain DDP.
+        ("--multi_gpu" if on_cpu and kind == "ddp" else ""),
         f"--main_process_port {port}",
         launcher.get("extra_args", ""),
     ]
