@@ -49,4 +49,4 @@ bench: $(STAMP)
 	PATH=$(BIN):$$PATH $(BIN)/python benchmarks/step_benchmark.py $(BENCH_ARGS)
 
 clean:
-	rm -rf results checkpoints logs .snakemake
+	rm -rf results checkpoints logs .snakemake benchmarks/*/ benchmarks/*.tsv

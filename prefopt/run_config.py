@@ -297,6 +297,8 @@ def training_arguments_kwargs(run_config: dict, output_dir: str | os.PathLike) -
         "save_total_limit": training["save_total_limit"],
         "logging_strategy": "steps",
         "logging_steps": training["logging_steps"],
+        # LoRA leaves no trainable parameter unused; searching for them costs a graph pass per step.
+        "ddp_find_unused_parameters": False,
         "seed": training["seed"],
         "data_seed": training["seed"],
         "bf16": precision == "bf16",
@@ -357,7 +359,11 @@ def set_torch_threads(requested: int | None = None) -> int:
     return threads
 
 
+class MissingGPUsError(RuntimeError):
+    """The job asks for more GPUs than this machine shows."""
+
+
 def check_required_gpus(required: int) -> None:
     """Fail clearly when the job was given fewer GPUs than its rule or run config asks for."""
     if required and torch.cuda.device_count() < required:
-        raise RuntimeError(f"this job needs {required} GPU(s) but torch.cuda.device_count() is {torch.cuda.device_count()}")
+        raise MissingGPUsError(f"this job needs {required} GPU(s) but torch.cuda.device_count() is {torch.cuda.device_count()}")

@@ -48,12 +48,16 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging()
     from prefopt.data import read_jsonl
-    from prefopt.run_config import check_required_gpus, load_run_config, set_torch_threads
+    from prefopt.run_config import MissingGPUsError, check_required_gpus, load_run_config, set_torch_threads
     from prefopt.trainer import train_preference
 
     threads = set_torch_threads(args.threads)
     run_config = load_run_config(args.run_config)
-    check_required_gpus(max(args.require_gpus, run_config["training"]["num_gpus"]))
+    try:
+        check_required_gpus(max(args.require_gpus, run_config["training"]["num_gpus"]))
+    except MissingGPUsError as error:
+        log.error("%s", error)  # one clear line instead of a traceback
+        return 2
     log.info("method %s, loss_kwargs %s, %d torch threads per process", run_config["method"],
              json.dumps(run_config["loss_kwargs"]), threads)
     train_rows = read_jsonl(args.train)

@@ -42,12 +42,16 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr,
                         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
     from prefopt.data import read_jsonl
-    from prefopt.run_config import check_required_gpus, load_run_config, set_torch_threads
+    from prefopt.run_config import MissingGPUsError, check_required_gpus, load_run_config, set_torch_threads
     from prefopt.sft import train_sft
 
     threads = set_torch_threads(args.threads)
     run_config = load_run_config(args.run_config)
-    check_required_gpus(max(args.require_gpus, run_config["training"]["num_gpus"]))
+    try:
+        check_required_gpus(max(args.require_gpus, run_config["training"]["num_gpus"]))
+    except MissingGPUsError as error:
+        log.error("%s", error)  # one clear line instead of a traceback
+        return 2
     log.info("SFT with %d torch threads per process", threads)
     eval_rows = read_jsonl(args.eval) if args.eval else None
     summary = train_sft(run_config, args.model, read_jsonl(args.train), args.out, args.checkpoint_dir,
