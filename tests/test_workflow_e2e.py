@@ -11,6 +11,7 @@ import subprocess
 import time
 
 import pandas as pd
+import psutil
 import pytest
 
 from conftest import build_tiny_llama
@@ -99,26 +100,31 @@ def test_killed_training_resumes_from_checkpoint(finished_run, tiny_models, tmp_
     slow["models"] = {"tiny-a": slow["models"]["tiny-a"]}
     slow["ablations"] = {}
     slow["methods"] = {"slime": {"preset": "paper"}}
-    slow["align"] = dict(slow["align"], max_steps=40, save_steps=2)
+    slow["align"] = dict(slow["align"], max_steps=60, save_steps=2)
     path = write_config(workdir / "slow.yaml", slow)
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     command = [str(BIN / "snakemake"), "--cores", "1", "--configfile", str(path)]
-    process = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint_root = workdir / "checkpoints" / "tiny-a"
+    earlier_runs = set(checkpoint_root.glob("slime-*"))
     deadline = time.time() + 600
-    try:
-        while time.time() < deadline:
-            if list(checkpoint_root.glob("slime-*/checkpoint-4")):
-                break
-            assert process.poll() is None, "snakemake ended before the job saved a checkpoint"
-            time.sleep(0.5)
-        else:
-            pytest.fail("no checkpoint within 10 minutes")
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)  # Snakemake and the training job, as a scheduler's kill would
-        process.wait()
-    run_dir = next(checkpoint_root.glob("slime-*"))
+    while time.time() < deadline:
+        new_runs = [run for run in checkpoint_root.glob("slime-*") if run not in earlier_runs]
+        if new_runs and list(new_runs[0].glob("checkpoint-*/trainer_state.json")):
+            break
+        assert process.poll() is None, "snakemake ended before the job saved a checkpoint"
+        time.sleep(0.05)
+    else:
+        process.kill()
+        pytest.fail("no checkpoint within 10 minutes")
+    # SIGKILL the training job, as the OOM killer or a scheduler would; Snakemake sees it fail.
+    trainers = [child for child in psutil.Process(process.pid).children(recursive=True)
+                if "align.py" in " ".join(child.cmdline())]
+    assert trainers, "no running align.py job to kill"
+    for trainer in trainers:
+        trainer.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=120) != 0
+    run_dir = new_runs[0]
     assert not (workdir / "results" / "tiny-a" / "align" / run_dir.name / "summary.json").exists()
 
     snakemake(workdir, "--cores", "1", "--configfile", str(path))
@@ -129,4 +135,4 @@ def test_killed_training_resumes_from_checkpoint(finished_run, tiny_models, tmp_
     steps = [json.loads(line)["step"] for line in
              (workdir / "results" / "tiny-a" / "align" / run_dir.name / "metrics.jsonl").read_text().splitlines()
              if '"loss"' in line]
-    assert steps == sorted(set(steps)) and steps[-1] == 40
+    assert steps == sorted(set(steps)) and steps[-1] == 60
