@@ -183,6 +183,17 @@ def lora_config(r: int = 64, alpha: int = 128, dropout: float = 0.0, target_modu
     )
 
 
+def apply_lora(model, lora: dict | None):
+    """Wrap `model` in a PEFT LoRA from a run config's `lora` block; `None` means full fine-tuning."""
+    if lora is None:
+        return model
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"],
+                                             target_modules=lora["target_modules"],
+                                             modules_to_save=lora["modules_to_save"]))
+
+
 def load_for_inference(model_dir: str | os.PathLike, adapter_dir: str | os.PathLike | None = None,
                        precision: str = "fp32"):
     """(model, tokenizer) for a prepared/SFT directory, optionally with an alignment adapter merged in."""

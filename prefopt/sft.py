@@ -50,13 +50,11 @@ def train_sft(run_config: dict, model_dir, train_rows: list[dict], out_dir, chec
     main process writes.
     """
     from datasets import Dataset
-    from peft import get_peft_model
-    from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
-    from prefopt.data import validate_rows, write_json
-    from prefopt.models import load_model, load_tokenizer, lora_config
-    from prefopt.run_config import check_devices, resolved_precision, training_arguments_kwargs
+    from prefopt.data import write_json
+    from prefopt.models import apply_lora, load_model
+    from prefopt.run_config import training_arguments_kwargs
     from prefopt.trainer import (
         MetricsFileCallback,
         _read_metric_records,
@@ -64,6 +62,7 @@ def train_sft(run_config: dict, model_dir, train_rows: list[dict], out_dir, chec
         _write_text_atomic,
         last_complete_checkpoint,
         prepare_metrics_file,
+        prepare_run,
         publish_dir,
     )
 
@@ -72,16 +71,8 @@ def train_sft(run_config: dict, model_dir, train_rows: list[dict], out_dir, chec
     training = run_config["training"]
     out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
     started = time.time()
-    device = check_devices(run_config)
-    set_seed(training["seed"])  # paper, "Reproducibility": random, numpy, torch at seed 0
-    precision = resolved_precision(run_config)
-
-    tokenizer = load_tokenizer(str(model_dir))
-    good_rows, data_report = validate_rows(
-        train_rows, tokenizer=tokenizer, max_prompt_length=training["max_prompt_length"],
-        max_length=training["max_length"], on_bad=run_config["data"]["on_bad"])
-    if not good_rows:
-        raise ValueError(f"train_sft: no usable training rows ({data_report['counts']})")
+    device, precision, tokenizer, good_rows, data_report, eval_rows = prepare_run(
+        run_config, model_dir, train_rows, eval_rows, caller="train_sft")
 
     def tokenized(rows, name):
         return Dataset.from_list([
@@ -93,22 +84,15 @@ def train_sft(run_config: dict, model_dir, train_rows: list[dict], out_dir, chec
     train_dataset = tokenized(good_rows, "train")
     eval_dataset = None
     if eval_rows:
-        eval_rows, _ = validate_rows(eval_rows, tokenizer=tokenizer, max_prompt_length=training["max_prompt_length"],
-                                     max_length=training["max_length"], on_bad="drop")
-        eval_dataset = tokenized(eval_rows, "eval") if eval_rows else None
+        eval_dataset = tokenized(eval_rows, "eval")
 
-    model = load_model(str(model_dir), precision)
-    lora = run_config["lora"]
-    if lora is not None:
-        model = get_peft_model(model, lora_config(r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"],
-                                                  target_modules=lora["target_modules"],
-                                                  modules_to_save=lora["modules_to_save"]))
+    model = apply_lora(load_model(str(model_dir), precision), run_config["lora"])
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = checkpoint_dir / "metrics.jsonl"
     kwargs = training_arguments_kwargs(run_config, checkpoint_dir)
     args = SFTConfig(**kwargs, max_length=training["max_length"], completion_only_loss=True, packing=False,
                      dataset_kwargs={})
-    if args.activation_checkpointing and lora is not None:
+    if args.activation_checkpointing and run_config["lora"] is not None:
         model.enable_input_require_grads()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=tokenizer, callbacks=[MetricsFileCallback(metrics_path)])
@@ -128,7 +112,7 @@ def train_sft(run_config: dict, model_dir, train_rows: list[dict], out_dir, chec
         if staging.exists():
             shutil.rmtree(staging)
         final_model = trainer.accelerator.unwrap_model(trainer.model)
-        if lora is not None:
+        if run_config["lora"] is not None:
             # Merge LoRA into the base weights: the alignment stage starts from a plain model directory.
             final_model = final_model.merge_and_unload()
         # SFTTrainer patched `forward` on the instance (fused LM head); the saved files are unaffected.
@@ -153,7 +137,7 @@ def train_sft(run_config: dict, model_dir, train_rows: list[dict], out_dir, chec
         summary = {
             "method": "sft",
             "model_dir": str(model_dir),
-            "merged_lora": lora is not None,
+            "merged_lora": run_config["lora"] is not None,
             "global_step": trainer.state.global_step,
             "epoch": trainer.state.epoch,
             "train_runtime_s": train_output.metrics.get("train_runtime"),

@@ -376,6 +376,33 @@ def _json_safe(value):
     return value
 
 
+def prepare_run(run_config: dict, model_dir, train_rows: list[dict], eval_rows: list[dict] | None, *, caller: str):
+    """The start every training job shares: device check, seed, precision, tokenizer, validated rows.
+
+    Returns (device, precision, tokenizer, good_train_rows, data_report, eval_rows); bad training rows
+    follow the config's `data.on_bad`, bad eval rows are dropped.
+    """
+    from transformers import set_seed
+
+    from prefopt.data import validate_rows
+    from prefopt.models import load_tokenizer
+    from prefopt.run_config import check_devices, resolved_precision
+
+    training = run_config["training"]
+    device = check_devices(run_config)
+    set_seed(training["seed"])  # paper, "Reproducibility": seed 0 for random, numpy and torch
+    precision = resolved_precision(run_config)
+    tokenizer = load_tokenizer(str(model_dir))
+    limits = {"tokenizer": tokenizer, "max_prompt_length": training["max_prompt_length"],
+              "max_length": training["max_length"]}
+    good_rows, data_report = validate_rows(train_rows, **limits, on_bad=run_config["data"]["on_bad"])
+    if not good_rows:
+        raise ValueError(f"{caller}: no usable training rows ({data_report['counts']})")
+    if eval_rows:
+        eval_rows, _ = validate_rows(eval_rows, **limits, on_bad="drop")
+    return device, precision, tokenizer, good_rows, data_report, eval_rows
+
+
 def train_preference(run_config: dict, model_dir, train_rows: list[dict], out_dir, checkpoint_dir,
                      eval_rows: list[dict] | None = None) -> dict:
     """Run one alignment job from a validated run config (`prefopt.run_config.load_run_config`).
@@ -385,40 +412,18 @@ def train_preference(run_config: dict, model_dir, train_rows: list[dict], out_di
     complete one), and writes `out_dir/` atomically: `adapter/` (PEFT) or `model/` (full fine-tune),
     `metrics.jsonl`, `summary.json`, `data_report.json`. Only the main process writes. Returns the summary.
     """
-    from peft import get_peft_model
-    from transformers import set_seed
-
-    from prefopt.data import validate_rows, write_json
-    from prefopt.models import load_model, load_tokenizer, lora_config
-    from prefopt.run_config import check_devices, resolved_precision, to_training_arguments
+    from prefopt.data import write_json
+    from prefopt.models import apply_lora, load_model
+    from prefopt.run_config import to_training_arguments
 
     method = run_config["method"]
     if method == "sft":
         raise ValueError("train_preference: run config 'method' is 'sft'; use prefopt.sft.train_sft")
-    training = run_config["training"]
     out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
     started = time.time()
-    device = check_devices(run_config)
-    # Paper, "Reproducibility": seed 0 for random, numpy and torch (set_seed covers all three).
-    set_seed(training["seed"])
-
-    precision = resolved_precision(run_config)
-    tokenizer = load_tokenizer(str(model_dir))
-    good_rows, data_report = validate_rows(
-        train_rows, tokenizer=tokenizer, max_prompt_length=training["max_prompt_length"],
-        max_length=training["max_length"], on_bad=run_config["data"]["on_bad"])
-    if not good_rows:
-        raise ValueError(f"train_preference: no usable training rows ({data_report['counts']})")
-    if eval_rows is not None:
-        eval_rows, _ = validate_rows(eval_rows, tokenizer=tokenizer, max_prompt_length=training["max_prompt_length"],
-                                     max_length=training["max_length"], on_bad="drop")
-
-    model = load_model(str(model_dir), precision)
-    if run_config["lora"] is not None:
-        lora = run_config["lora"]
-        model = get_peft_model(model, lora_config(r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"],
-                                                  target_modules=lora["target_modules"],
-                                                  modules_to_save=lora["modules_to_save"]))
+    device, precision, tokenizer, good_rows, data_report, eval_rows = prepare_run(
+        run_config, model_dir, train_rows, eval_rows, caller="train_preference")
+    model = apply_lora(load_model(str(model_dir), precision), run_config["lora"])
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = checkpoint_dir / "metrics.jsonl"  # survives a kill next to the checkpoints it matches
     args = to_training_arguments(run_config, checkpoint_dir, metrics_file=str(metrics_path))
