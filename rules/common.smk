@@ -447,10 +447,6 @@ def judge_baseline():
     return (config.get("judge") or {}).get("baseline") or {}
 
 
-def get_answer_model(wildcards):
-    return get_eval_model(wildcards)
-
-
 def questions_arg(benchmark):
     judge = config.get("judge") or {}
     if benchmark == "arena_hard" and judge.get("arena_hard_questions"):

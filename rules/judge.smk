@@ -64,7 +64,7 @@ rule baseline_answers:
 
 rule generate_answers:
     input:
-        unpack(get_answer_model),
+        unpack(get_eval_model),
     output:
         answers=f"{RESULTS}/{{model}}/judge/{{run}}/{{judged}}/answers.jsonl",
     log:
