@@ -421,6 +421,24 @@ def _md_escape(text: str) -> str:
     return text.replace("|", r"\|")
 
 
+def _marked_cells(table, index: int, *, missing, best, second) -> list[str]:
+    """One row's benchmark cells: `missing(footnote)` for a result that is absent, else the value
+    (plus its suffix) wrapped by `best` or `second` where the row ranks first or second."""
+    cells = []
+    for column in table.columns:
+        value, suffix, footnote = _cell_parts(table, index, column)
+        if value is None:
+            cells.append(missing(footnote))
+            continue
+        mark = table.marks.get((index, column.key))
+        if mark == "best":
+            value = best(value)
+        elif mark == "second":
+            value = second(value)
+        cells.append(value + suffix)
+    return cells
+
+
 def render_markdown(table: Table) -> str:
     headers = table.label_headers + [column.header for column in table.columns]
     lines = [f"**{table.name.replace('table', 'Table ')}.** {table.caption}", ""]
@@ -433,17 +451,8 @@ def render_markdown(table: Table) -> str:
             labels[0] = ""  # the model name only on a block's first row, as in the paper
         previous_block = row.block
         cells = [_md_escape(label) for label in labels]
-        for column in table.columns:
-            value, suffix, footnote = _cell_parts(table, index, column)
-            if value is None:
-                cells.append(f"—<sup>{footnote}</sup>")
-                continue
-            mark = table.marks.get((index, column.key))
-            if mark == "best":
-                value = f"**{value}**"
-            elif mark == "second":
-                value = f"<u>{value}</u>"
-            cells.append(value + suffix)
+        cells += _marked_cells(table, index, missing=lambda note: f"—<sup>{note}</sup>",
+                               best=lambda value: f"**{value}**", second=lambda value: f"<u>{value}</u>")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for reason, letter in table.footnotes.items():
@@ -508,17 +517,9 @@ def render_latex(table: Table) -> str:
                 labels[0] = ""
         previous_block = row.block
         cells = list(labels)
-        for column in table.columns:
-            value, suffix, footnote = _cell_parts(table, index, column)
-            if value is None:
-                cells.append(f"---\\textsuperscript{{{footnote}}}")
-                continue
-            mark = table.marks.get((index, column.key))
-            if mark == "best":
-                value = rf"\textbf{{{value}}}"
-            elif mark == "second":
-                value = rf"\underline{{{value}}}"
-            cells.append(value + suffix)
+        cells += _marked_cells(table, index, missing=lambda note: rf"---\textsuperscript{{{note}}}",
+                               best=lambda value: rf"\textbf{{{value}}}",
+                               second=lambda value: rf"\underline{{{value}}}")
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}}", r"\par\smallskip\footnotesize"]
     for reason, letter in table.footnotes.items():
