@@ -244,6 +244,16 @@ def script_command(name: str, *args: str) -> list[str]:
     return [sys.executable, str(REPO_ROOT / "workflow" / "scripts" / name), *map(str, args)]
 
 
+def load_script(name: str):
+    """A workflow script imported as a module, to call its main() in-process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "workflow" / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_script(name: str, *args: str, check: bool = True, timeout: float = 120):
     """Run workflow/scripts/`name` with the fake key in its environment; returns CompletedProcess."""
     completed = subprocess.run(script_command(name, *args), env=script_env(), capture_output=True, text=True,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 from fake_judge_server import (
     FAKE_API_KEY,
     REPO_ROOT,
+    load_script,
     FakeJudgeServer,
     judge_config,
     pairwise_reply,
@@ -227,13 +227,6 @@ def test_answers_to_judgments_to_scores(tmp_path, questions):
     assert "Arena-Hard slime vs gemma-3-4b-it [hard_prompt]: 100.0 (-0.0 / +0.0)" in scored.stderr
     for text in (judged.stderr, judgments.read_text(), cache.read_text(), score.read_text()):
         assert FAKE_API_KEY not in text
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "workflow" / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_generate_answers_on_the_tiny_model_and_judge_them(tiny_model_dir, tmp_path, questions):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 from fake_judge_server import (
     FAKE_API_KEY,
-    REPO_ROOT,
+    load_script,
     FakeJudgeServer,
     judge_config,
     rating_reply,
@@ -174,13 +173,6 @@ def test_answers_to_judgments_to_scores(tmp_path, questions):
     assert sorted(row["score"] for row in rows).count(-1) == 1
     for text in (judged.stderr, scored.stderr, judgments.read_text(), cache.read_text(), score.read_text()):
         assert FAKE_API_KEY not in text
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "workflow" / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_generate_answers_on_the_tiny_model_resumes_and_judges(tiny_model_dir, tmp_path, questions):
