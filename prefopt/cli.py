@@ -9,14 +9,22 @@ import os
 import sys
 from typing import Callable
 
+# Exit codes a scheduler can tell apart: a config or GPU shortfall, or a non-finite step, repeats on a retry.
+EXIT_CANNOT_SUCCEED = 2
+EXIT_NON_FINITE = 3
+
+
 def training_parser(description: str, *, model_help: str, train_help: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--run-config", required=True, help="run-config JSON (prefopt.run_config)")
+    parser.add_argument("--run-config", required=True, help="complete run-config JSON (prefopt.run_config)")
     parser.add_argument("--model", required=True, help=model_help)
     parser.add_argument("--train", required=True, help=train_help)
     parser.add_argument("--eval", default=None, help="optional held-out rows, evaluated once at the end")
+    parser.add_argument("--probe-rows", default=None,
+                        help="held-out rows for the run config's probes (prefopt.probes), scored every k steps")
     parser.add_argument("--out", required=True, help="output directory (written atomically)")
-    parser.add_argument("--checkpoint-dir", required=True, help="checkpoints; resumed from when present")
+    parser.add_argument("--checkpoint-dir", required=True,
+                        help="checkpoints; resumed from only when they carry this job's identity")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads for the whole job (default: SLURM's allocation or os.cpu_count())")
     parser.add_argument("--require-gpus", type=int, default=0, help="fail unless at least this many GPUs are visible")
@@ -29,25 +37,31 @@ def setup_logging() -> None:
                         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
 
 
-def training_main(name: str, args: argparse.Namespace, load_train_fn: Callable[[], Callable]) -> int:
-    """Check GPUs, set threads, read rows, train; `load_train_fn` imports the trainer only when needed."""
+def training_main(name: str, args: argparse.Namespace, load_stage: Callable) -> int:
+    """Check the run config and GPUs, set threads, run the job (prefopt.job); one-line errors for
+    what a retry cannot fix. `load_stage` imports the trainer only when needed."""
     setup_logging()
     log = logging.getLogger(name)
-    from prefopt.data import read_jsonl
-    from prefopt.run_config import MissingGPUsError, check_required_gpus, load_run_config, set_torch_threads
+    from prefopt.guards import NonFiniteStepError
+    from prefopt.run_config import MissingGPUsError, RunConfigError, check_devices, load_run_config, set_torch_threads
 
     threads = set_torch_threads(args.threads)
-    run_config = load_run_config(args.run_config)
     try:
-        check_required_gpus(max(args.require_gpus, run_config["training"]["num_gpus"]))
-    except MissingGPUsError as error:
+        run_config = load_run_config(args.run_config)
+        check_devices(run_config, args.require_gpus)
+    except (RunConfigError, MissingGPUsError) as error:
         log.error("%s", error)  # one clear line instead of a traceback
-        return 2
+        return EXIT_CANNOT_SUCCEED
     log.info("method %s, loss_kwargs %s, %d torch threads per process", run_config["method"],
              json.dumps(run_config["loss_kwargs"]), threads)
-    train = load_train_fn()
-    eval_rows = read_jsonl(args.eval) if args.eval else None
-    summary = train(run_config, args.model, read_jsonl(args.train), args.out, args.checkpoint_dir, eval_rows=eval_rows)
+    from prefopt.job import run_job
+
+    try:
+        summary = run_job(load_stage(), run_config, model_dir=args.model, train_path=args.train, out_dir=args.out,
+                          checkpoint_dir=args.checkpoint_dir, eval_path=args.eval, probe_path=args.probe_rows)
+    except NonFiniteStepError as error:
+        log.error("%s", error)
+        return EXIT_NON_FINITE
     if summary:
         log.info("done: %d steps, final loss %s, resumed_from=%s", summary["global_step"],
                  summary["final_metrics"].get("loss"), summary["resumed_from"])

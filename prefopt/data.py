@@ -1,14 +1,15 @@
-"""Preference data: UltraFeedback loading, JSON-lines I/O, validation, the paper's 33/66 split.
+"""Preference data: loading (with 1-based row locations), validation, the paper's 33/66 split, hashes.
 
 Rows follow UltraFeedback-binarized's conversational schema (docs/architecture.md):
 ``prompt_id``, ``prompt``, ``chosen`` and ``rejected`` (lists of ``{"role", "content"}``
 messages whose last one is the assistant's response), ``score_chosen``, ``score_rejected``;
 demo rows add ``task`` and ``answer``. The prompt is every message but the last.
 
-    rows = load_ultrafeedback("HuggingFaceH4/ultrafeedback_binarized", split="train_prefs")
-    good, report = validate_rows(rows, on_bad="drop")
+    loaded = read_rows("HuggingFaceH4/ultrafeedback_binarized", split="train_prefs")
+    good, report = validate_rows(loaded.rows, locations=loaded.locations, unparseable=loaded.unparseable,
+                                 on_bad="drop")
     splits = split_dataset(good, sft_fraction=0.33, eval_size=2000, seed=0)
-    manifest = split_manifest(splits, seed=0, source_hash=content_hash(rows))
+    manifest = split_manifest(splits, seed=0, source_hash=content_hash(loaded.rows))
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import json
 import logging
 import os
 import random
-import tempfile
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Literal, Sequence
 
 from tqdm.auto import tqdm
+
+from prefopt.io import read_jsonl, write_json, write_jsonl  # noqa: F401  (JSON lines live in prefopt.io; re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -39,56 +42,45 @@ ERROR_EXAMPLES = 10
 # I/O and loading
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Rows of a JSON-lines file; blank lines are skipped, a bad line raises with its line number."""
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: invalid JSON: {error}") from error
-    return rows
-
-
-def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
-    """Write one JSON object per line atomically: a temporary file in the same folder, then rename."""
-    _write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write indented JSON atomically (same scheme as `write_jsonl`)."""
-    _write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-
-
-def _write_atomic(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp creates 0600; results should be as readable as any file this user writes.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def _schema_only(row: dict) -> dict:
     """Keep the schema's fields, in the schema's order; other fields (``messages``...) go."""
     return {key: row[key] for key in SCHEMA_FIELDS if key in row} if isinstance(row, dict) else row
 
 
-def load_ultrafeedback(source: str, split: str = "train_prefs", revision: str | None = None) -> list[dict]:
-    """Preference rows from a hub id, a local .jsonl/.json/.parquet file, or a `save_to_disk` folder.
+@dataclass
+class SourceRows:
+    """Rows read from one source, each with its location, and the lines that were not JSON.
+
+    A location is ``NAME:N`` with N 1-based: for a JSON-lines file NAME is its path and N the
+    line; for a .json or .parquet file N is the row; for a hub id or a dataset folder NAME is
+    ``SOURCE[SPLIT]`` and N the row. ``unparseable`` holds ``{"location", "detail", "before_row"}``
+    per line that is not JSON (``before_row``: the index of the next parsed row);
+    `validate_rows` reports them as bad rows (``invalid_json``), in file order.
+    """
+
+    rows: list
+    locations: list[str]
+    unparseable: list[dict] = field(default_factory=list)
+
+
+def read_jsonl_rows(path: str | os.PathLike) -> SourceRows:
+    """The rows of a JSON-lines file with their ``PATH:LINE`` locations; bad lines are collected, not raised."""
+    rows, locations, unparseable = [], [], []
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line.rstrip("\r\n")))
+                locations.append(f"{path}:{line_number}")
+            except json.JSONDecodeError as error:
+                unparseable.append({"location": f"{path}:{line_number}", "detail": f"not JSON: {error}",
+                                    "before_row": len(rows)})
+    return SourceRows(rows, locations, unparseable)
+
+
+def read_rows(source: str, split: str = "train_prefs", revision: str | None = None) -> SourceRows:
+    """Preference rows, with locations, from a hub id, a local .jsonl/.json/.parquet file, or a `save_to_disk` folder.
 
     A hub id (``HuggingFaceH4/ultrafeedback_binarized``) and a local snapshot folder of a hub
     dataset go through `datasets.load_dataset(source, split=split)`; ``split`` also picks the
@@ -97,17 +89,17 @@ def load_ultrafeedback(source: str, split: str = "train_prefs", revision: str | 
     """
     path = Path(source)
     if path.is_dir():
-        rows = _load_directory(path, split)
+        loaded = _numbered(_load_directory(path, split), f"{source}[{split}]")
     elif path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
-            rows = read_jsonl(path)
+            loaded = read_jsonl_rows(path)
         elif suffix == ".json":
-            rows = _load_json(path, split)
+            loaded = _load_json(path, split)
         elif suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            rows = pq.read_table(path).to_pylist()
+            loaded = _numbered(pq.read_table(path).to_pylist(), str(source))
         else:
             raise ValueError(f"unsupported data file {source!r}: expected .jsonl, .json or .parquet")
     elif path.suffix.lower() in (".jsonl", ".json", ".parquet") or source.startswith((".", "/")):
@@ -116,24 +108,51 @@ def load_ultrafeedback(source: str, split: str = "train_prefs", revision: str | 
         import datasets
 
         logger.info("loading %s (split %s) from the Hugging Face hub", source, split)
-        rows = datasets.load_dataset(source, split=split, revision=revision).to_list()
-    logger.info("loaded %d rows from %s", len(rows), source)
-    return [_schema_only(row) for row in rows]
+        loaded = _numbered(datasets.load_dataset(source, split=split, revision=revision).to_list(), f"{source}[{split}]")
+    logger.info("loaded %d rows from %s", len(loaded.rows), source)
+    loaded.rows = [_schema_only(row) for row in loaded.rows]
+    return loaded
 
 
-def _load_json(path: Path, split: str) -> list:
+def load_ultrafeedback(source: str, split: str = "train_prefs", revision: str | None = None) -> list[dict]:
+    """The rows of `read_rows`; a line that is not JSON raises ``ValueError("PATH:LINE: not JSON: ...")``."""
+    loaded = read_rows(source, split=split, revision=revision)
+    if loaded.unparseable:
+        first = loaded.unparseable[0]
+        raise ValueError(f"{first['location']}: {first['detail']}")
+    return loaded.rows
+
+
+def dataset_files(folder: str | os.PathLike) -> list[str]:
+    """Every file a local dataset folder holds (hidden files and folders, e.g. ``.cache``, left out), sorted.
+
+    The split declares them as inputs, so editing any of them reruns it.
+    """
+    root = Path(folder)
+    return sorted(str(path) for path in root.rglob("*")
+                  if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts))
+
+
+def _numbered(rows: list, name: str) -> SourceRows:
+    return SourceRows(rows, [f"{name}:{number}" for number in range(1, len(rows) + 1)])
+
+
+def _load_json(path: Path, split: str) -> SourceRows:
     text = path.read_text(encoding="utf-8")
     try:
         data = json.loads(text)
-    except json.JSONDecodeError:
-        return read_jsonl(path)  # `Dataset.to_json` writes JSON lines under a .json name
+    except json.JSONDecodeError as error:
+        if text.lstrip().startswith("{"):
+            return read_jsonl_rows(path)  # `Dataset.to_json` writes JSON lines under a .json name
+        raise ValueError(f"{path}: not JSON: {error}") from error
+    name = str(path)
     if isinstance(data, dict):
         if split not in data:
             raise KeyError(f"{path}: no split {split!r}; it has {sorted(data)}")
-        data = data[split]
+        data, name = data[split], f"{path}[{split}]"
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a list of rows, got {type(data).__name__}")
-    return data
+    return _numbered(data, name)
 
 
 def _load_directory(path: Path, split: str) -> list:
@@ -250,95 +269,151 @@ def _token_counts(tokenizer, texts: list[str], description: str) -> list[int]:
     return counts
 
 
+@dataclass(frozen=True)
+class LengthCheck:
+    """Prompt-length limits of one model's training stage, with that model's tokenizer.
+
+    ``label`` names the stage in messages and in the report (``"smollm2.align"``); None for
+    the one check a training job makes on its own rows.
+    """
+
+    label: str | None
+    tokenizer: Any
+    max_prompt_length: int | None = None
+    max_length: int | None = None
+
+
+def _length_problems(rows: list, problems: dict[int, tuple[str, str]], checks: Sequence[LengthCheck]) -> dict:
+    """Add template errors and too-long prompts to `problems`; return the truncated-response count per check."""
+    by_tokenizer: dict[int, list[LengthCheck]] = {}
+    for check in checks:
+        by_tokenizer.setdefault(id(check.tokenizer), []).append(check)
+    prompt_lengths: dict[int, dict[int, int]] = {}
+    for key, group in by_tokenizer.items():
+        tokenizer = group[0].tokenizer
+        of = f" of {', '.join(c.label for c in group)}" if group[0].label else ""
+        candidates = [index for index in range(len(rows)) if index not in problems]
+        texts = []
+        for index in candidates:
+            try:
+                texts.append(tokenizer.apply_chat_template(prompt_messages(rows[index]), tokenize=False,
+                                                           add_generation_prompt=True))
+            except Exception as error:  # a template may reject a role order, e.g. two user turns
+                problems[index] = ("template_error", f"chat template{of} failed: {error}")
+                texts.append("")
+        prompt_lengths[key] = dict(zip(candidates, _token_counts(tokenizer, texts, "prompt lengths")))
+        for check in group:
+            at = f" ({check.label})" if check.label else ""
+            for index, length in prompt_lengths[key].items():
+                if index in problems:
+                    continue
+                if check.max_prompt_length is not None and length > check.max_prompt_length:
+                    problems[index] = ("prompt_too_long",
+                                       f"prompt has {length} tokens > max_prompt_length {check.max_prompt_length}{at}")
+                elif check.max_length is not None and length >= check.max_length:
+                    problems[index] = ("prompt_too_long",
+                                       f"prompt has {length} tokens, no room within max_length {check.max_length}{at}")
+    truncated = {}
+    for key, group in by_tokenizer.items():
+        limited = [check for check in group if check.max_length is not None]
+        if not limited:
+            continue
+        kept = [index for index in range(len(rows)) if index not in problems]
+        tokenizer = group[0].tokenizer
+        chosen = _token_counts(tokenizer, [chosen_text(rows[i]) for i in kept], "chosen lengths")
+        rejected = _token_counts(tokenizer, [rejected_text(rows[i]) for i in kept], "rejected lengths")
+        for check in limited:
+            # +1 for the end-of-turn token the trainer appends
+            truncated[check.label or "training"] = sum(
+                prompt_lengths[key][index] + max(c, r) + 1 > check.max_length
+                for index, c, r in zip(kept, chosen, rejected))
+    return truncated
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def validate_rows(
     rows: list,
     *,
     tokenizer=None,
     max_prompt_length: int | None = None,
     max_length: int | None = None,
+    length_checks: Sequence[LengthCheck] = (),
+    locations: Sequence[str] | None = None,
+    unparseable: Sequence[dict] = (),
     on_bad: Literal["error", "drop"] = "error",
 ) -> tuple[list[dict], dict]:
-    """Check every row; return the good rows and a report.
+    """Check every row; return the good rows and a report. ``on_bad`` is the config's ``data.on_bad_rows``.
 
-    Bad rows: not an object, missing or None fields, wrong types, malformed messages, last
-    message not from the assistant, no prompt messages, prompts that differ between chosen and
-    rejected, empty responses, chosen equal to rejected, and, with a ``tokenizer``, a prompt
-    (chat template with the generation prompt) longer than ``max_prompt_length`` tokens or
+    Bad rows: lines that were not JSON (``unparseable``, from `read_rows`), rows that are not
+    an object, missing or None fields, wrong types, malformed messages, last message not
+    from the assistant, no prompt messages, prompts that differ between chosen and rejected,
+    empty responses, chosen equal to rejected, and, per length check (``tokenizer`` with
+    ``max_prompt_length``/``max_length``, and each of ``length_checks``), a chat template that
+    fails or a prompt (with the generation prompt) longer than ``max_prompt_length`` tokens or
     leaving no room for a completion within ``max_length``. Responses longer than
-    ``max_length`` are not bad: the trainer truncates them; the report counts them.
+    ``max_length`` are not bad: the trainer truncates them; ``truncated_responses`` counts
+    them per check.
 
-    The report holds ``total``, ``good``, ``bad``, ``dropped``, ``counts`` (bad rows per
-    reason) and ``bad_rows`` (``index``, ``prompt_id``, ``reason``, ``detail`` for each). With
-    ``on_bad="error"`` any bad row raises a ValueError naming the first offending indices;
-    with ``"drop"`` they are dropped, counted and listed, and a warning is logged.
+    ``locations`` names each row in messages (``raw.jsonl:17``; default ``row N``, 1-based).
+    The report holds ``total``, ``good``, ``bad``, ``dropped``, ``on_bad_rows``, ``counts``
+    (bad rows per reason), ``checks`` and ``bad_rows`` (``location``, ``prompt_id``,
+    ``reason``, ``detail`` each). With ``on_bad="error"`` any bad row raises a one-line
+    ValueError naming the first ones; with ``"drop"`` they are dropped, counted and listed,
+    and a warning is logged.
     """
     if on_bad not in ("error", "drop"):
-        raise ValueError(f"on_bad must be 'error' or 'drop', got {on_bad!r}")
+        raise ValueError(f"data.on_bad_rows must be 'error' or 'drop', got {on_bad!r}")
+    if locations is None:
+        locations = [f"row {number}" for number in range(1, len(rows) + 1)]
+    elif len(locations) != len(rows):
+        raise ValueError(f"{len(locations)} locations for {len(rows)} rows")
+    checks = list(length_checks)
+    if tokenizer is not None and (max_prompt_length is not None or max_length is not None):
+        checks.insert(0, LengthCheck(None, tokenizer, max_prompt_length, max_length))
+
     problems: dict[int, tuple[str, str]] = {}
     for index, row in enumerate(tqdm(rows, desc="validate rows", disable=len(rows) < 10_000)):
         problem = _structural_problem(row)
         if problem:
             problems[index] = problem
+    truncated = _length_problems(rows, problems, checks) if checks else None
 
-    truncated_responses = None
-    if tokenizer is not None and (max_prompt_length is not None or max_length is not None):
-        candidates = [index for index in range(len(rows)) if index not in problems]
-        prompt_texts = []
-        for index in candidates:
-            try:
-                prompt_texts.append(tokenizer.apply_chat_template(
-                    prompt_messages(rows[index]), tokenize=False, add_generation_prompt=True))
-            except Exception as error:  # a template may reject a role order, e.g. two user turns
-                problems[index] = ("template_error", f"chat template failed: {error}")
-                prompt_texts.append("")
-        prompt_lengths = _token_counts(tokenizer, prompt_texts, "prompt lengths")
-        for index, length in zip(candidates, prompt_lengths):
-            if index in problems:
-                continue
-            if max_prompt_length is not None and length > max_prompt_length:
-                problems[index] = ("prompt_too_long", f"prompt has {length} tokens > max_prompt_length {max_prompt_length}")
-            elif max_length is not None and length >= max_length:
-                problems[index] = ("prompt_too_long", f"prompt has {length} tokens, no room within max_length {max_length}")
-        if max_length is not None:
-            kept = [(index, length) for index, length in zip(candidates, prompt_lengths) if index not in problems]
-            chosen_lengths = _token_counts(tokenizer, [chosen_text(rows[i]) for i, _ in kept], "chosen lengths")
-            rejected_lengths = _token_counts(tokenizer, [rejected_text(rows[i]) for i, _ in kept], "rejected lengths")
-            # +1 for the end-of-turn token the trainer appends
-            truncated_responses = sum(
-                prompt_length + max(chosen, rejected) + 1 > max_length
-                for (_, prompt_length), chosen, rejected in zip(kept, chosen_lengths, rejected_lengths)
-            )
-
-    bad_rows = []
-    for index in sorted(problems):
-        reason, detail = problems[index]
-        row = rows[index]
-        prompt_id = row.get("prompt_id") if isinstance(row, dict) else None
-        bad_rows.append({"index": index, "prompt_id": prompt_id if isinstance(prompt_id, str) else None,
-                         "reason": reason, "detail": detail})
+    ordered = [((line.get("before_row", 0), 0), {"location": line["location"], "prompt_id": None,
+                                                  "reason": "invalid_json", "detail": _one_line(line["detail"])})
+               for line in unparseable]
+    for index, (reason, detail) in problems.items():
+        prompt_id = rows[index].get("prompt_id") if isinstance(rows[index], dict) else None
+        ordered.append(((index, 1), {"location": locations[index],
+                                     "prompt_id": prompt_id if isinstance(prompt_id, str) else None,
+                                     "reason": reason, "detail": _one_line(detail)}))
+    bad_rows = [bad for _, bad in sorted(ordered, key=lambda pair: pair[0])]
+    total = len(rows) + len(unparseable)
+    counts = dict(sorted(Counter(bad["reason"] for bad in bad_rows).items()))
     report = {
-        "total": len(rows),
-        "good": len(rows) - len(bad_rows),
+        "total": total,
+        "good": total - len(bad_rows),
         "bad": len(bad_rows),
         "dropped": len(bad_rows) if on_bad == "drop" else 0,
-        "on_bad": on_bad,
-        "counts": dict(sorted(Counter(bad["reason"] for bad in bad_rows).items())),
-        "checks": {"tokenizer": tokenizer is not None, "max_prompt_length": max_prompt_length,
-                   "max_length": max_length},
+        "on_bad_rows": on_bad,
+        "counts": counts,
+        "checks": [{"label": check.label, "max_prompt_length": check.max_prompt_length, "max_length": check.max_length}
+                   for check in checks],
         "bad_rows": bad_rows,
     }
-    if truncated_responses is not None:
-        report["truncated_responses"] = truncated_responses
+    if truncated is not None:
+        report["truncated_responses"] = truncated
     if bad_rows:
-        examples = "; ".join(
-            f"row {bad['index']} (prompt_id={bad['prompt_id']}): {bad['reason']}: {bad['detail']}"
-            for bad in bad_rows[:ERROR_EXAMPLES]
-        )
+        examples = "; ".join(f"{bad['location']}: {bad['reason']}: {bad['detail']}" for bad in bad_rows[:ERROR_EXAMPLES])
         more = f"; ... and {len(bad_rows) - ERROR_EXAMPLES} more" if len(bad_rows) > ERROR_EXAMPLES else ""
-        summary = f"{len(bad_rows)} of {len(rows)} rows are bad {report['counts']}: {examples}{more}"
+        kinds = ", ".join(f"{count} {reason}" for reason, count in counts.items())
         if on_bad == "error":
-            raise ValueError(summary + ". Fix the data or pass on_bad='drop'.")
-        logger.warning("dropping %s", summary)
+            raise ValueError(f"{len(bad_rows)} of {total} rows are bad ({kinds}): {examples}{more}; "
+                             "fix them or set data.on_bad_rows: drop")
+        logger.warning("data.on_bad_rows: drop: dropped %d of %d rows (%s): %s%s",
+                       len(bad_rows), total, kinds, examples, more)
     good_rows = [row for index, row in enumerate(rows) if index not in problems]
     return good_rows, report
 

@@ -2,7 +2,13 @@
 
     python workflow/scripts/make_figures.py --manifest results/figures_manifest.json --out-dir results/figures
 
-- ``training_curves_<model>.png``: per method, the mean chosen and rejected completion log-probs
+- ``probe_trajectories_<model>.png`` (the main figure): per method of Table 3, the held-out probes
+  (`prefopt.probes`) as differences from step 0, the SFT model every run starts from: mean chosen
+  and rejected log-probs l̄_w, l̄_l, Δ = l̄_w − l̄_l and the rejected-token floor. The shaded band is
+  the paired-bootstrap 95% CI over the probe pairs (each pair's change from step 0, averaged over
+  seeds first); with several seeds a lighter band spans their min-max. The floor's band is seeds
+  only: a probe record keeps no token log-probs to resample. Without probe records the figure says so.
+- ``training_curves_<model>.png`` (secondary): per method, the per-batch mean chosen and rejected completion log-probs
   l̄_w, l̄_l (``logps/chosen``, ``logps/rejected``, appendix A) and their distance Δ = l̄_w − l̄_l
   (SLIME's ``slime/delta``) over training steps. Δ is computed from the two log-probs for every
   method, so DPO's β-scaled, reference-relative ``rewards/margins`` is not mixed in. The paper's
@@ -11,16 +17,15 @@
   with the 95% bootstrap CI as error bars where the result has one.
 
 The manifest is the tables manifest (`prefopt.tables`) plus
-``"training_curves": [{"model": "smollm2", "model_label": "SmolLM2-135M", "label": "SLIME", "metrics": ".../metrics.jsonl"}]``,
-where each metrics file holds one JSON record per logging step (`prefopt.trainer.MetricsFileCallback`).
+``"training_curves": [{"model": "smollm2", "model_label": "SmolLM2-135M", "label": "SLIME", "seed": 0,
+"metrics": ".../metrics.jsonl"}]`` (one entry per method and seed), where each metrics file holds one
+JSON record per logging step (`prefopt.trainer.MetricsFileCallback`) and the probe records.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -29,7 +34,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from prefopt.tables import build_table, load_manifest  # noqa: E402
+from prefopt.evaluation.bootstrap import paired_bootstrap_ci_over_seeds  # noqa: E402
+from prefopt.io import atomic_open, read_jsonl  # noqa: E402
+from prefopt.tables import bootstrap_settings, build_table, load_manifest, row_seed_results  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -43,24 +50,14 @@ CURVE_PANELS = (
 BAR_METRICS = (
     ("preference_accuracy", "Preference accuracy (%) ↑", 100.0, ("preference_accuracy_ci_low", "preference_accuracy_ci_high")),
     ("margin_mean", r"Margin $\bar{l}_w - \bar{l}_l$ ↑", 1.0, ("margin_mean_ci_low", "margin_mean_ci_high")),
-    ("delta_chosen_logp_vs_sft", "Δ chosen logp vs SFT ↑", 1.0, None),
-    ("rejected_token_logp_floor", "Rejected-token log-prob floor ↑", 1.0, None),
-    ("chosen_token_entropy_mean", "Entropy on chosen (nats)", 1.0, None),
+    ("delta_chosen_logp_vs_sft", "Δ chosen logp vs SFT ↑", 1.0,
+     ("delta_chosen_logp_vs_sft_ci_low", "delta_chosen_logp_vs_sft_ci_high")),
+    ("rejected_token_logp_floor", "Rejected-token log-prob floor ↑", 1.0,
+     ("rejected_token_logp_floor_ci_low", "rejected_token_logp_floor_ci_high")),
+    ("chosen_token_entropy_mean", "Entropy on chosen (nats)", 1.0,
+     ("chosen_token_entropy_mean_ci_low", "chosen_token_entropy_mean_ci_high")),
     ("demo_accuracy", "Demo accuracy (%) ↑", 100.0, ("demo_accuracy_ci_low", "demo_accuracy_ci_high")),
 )
-
-
-def read_metric_records(path: str | os.PathLike) -> list[dict]:
-    """Records of a metrics.jsonl file; a bad line raises naming the file and line."""
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{line_number}: invalid JSON: {error}") from error
-    return records
 
 
 def curve_series(records: list[dict], prefix: str = "") -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -96,45 +93,45 @@ def _ema(values: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_open(path, "wb") as handle:
             fig.savefig(handle, format="png", dpi=130, bbox_inches="tight")
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
     finally:
         plt.close(fig)
     return path
 
 
 def plot_training_curves(curves: list[dict], out_path: str | os.PathLike, title: str) -> Path | None:
-    """One figure with the three `CURVE_PANELS` subplots, one line per method (EMA-smoothed; raw faint)."""
+    """The secondary figure: the three `CURVE_PANELS` subplots of the per-batch training log, one line per
+    method and seed (EMA-smoothed; raw faint), a method's seeds in one colour."""
     fig, axes = plt.subplots(1, len(CURVE_PANELS), figsize=(15, 4.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    methods = list(dict.fromkeys(curve["label"] for curve in curves))
+    legend_done: set[str] = set()
     plotted = False
-    for index, curve in enumerate(curves):
+    for curve in curves:
         if not Path(curve["metrics"]).exists():
             raise FileNotFoundError(f"training curve {curve.get('label')!r}: {curve['metrics']} does not exist")
-        records = read_metric_records(curve["metrics"])
+        records = read_jsonl(curve["metrics"])
         train, evaluation = curve_series(records), curve_series(records, prefix="eval_")
         if not train and not evaluation:
             log.warning("training curve %r: %s has no logps/* records", curve.get("label"), curve["metrics"])
             continue
-        color = colors[index % len(colors)]
+        color = colors[methods.index(curve["label"]) % len(colors)]
+        first_seed = curve["label"] not in legend_done
+        legend_done.add(curve["label"])
         for axis, (key, _) in zip(axes, CURVE_PANELS):
             if key in train:
                 steps, values = train[key]
                 alpha = min(1.0, 10.0 / max(len(values), 1))  # ~10-point smoothing window
                 axis.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
-                axis.plot(steps, _ema(values, alpha), color=color, linewidth=1.8, label=curve["label"])
+                axis.plot(steps, _ema(values, alpha), color=color, linewidth=1.8,
+                          label=curve["label"] if first_seed else None)
                 plotted = True
             if key in evaluation:
                 steps, values = evaluation[key]
                 axis.plot(steps, values, color=color, linestyle="--", marker="o", markersize=3,
-                          label=f"{curve['label']} (eval)")
+                          label=f"{curve['label']} (eval)" if first_seed else None)
                 plotted = True
     if not plotted:
         plt.close(fig)
@@ -153,8 +150,109 @@ def plot_training_curves(curves: list[dict], out_path: str | os.PathLike, title:
                 labels.append(label)
     fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), frameon=False,
                bbox_to_anchor=(0.5, 1.06))
-    fig.suptitle(f"{title}\n(bold: EMA-smoothed training log, faint: raw; dashed: held-out eval during training)",
+    fig.suptitle(f"{title}\n(bold: EMA-smoothed per-batch training log, one line per seed, faint: raw; "
+                 "dashed: held-out eval during training)",
                  y=1.16, fontsize=11)
+    fig.tight_layout()
+    return _save(fig, Path(out_path))
+
+
+# (key, panel title, per-pair values of a probe record or None where the record keeps none)
+PROBE_PANELS = (
+    ("chosen_logp_mean", r"$\bar{l}_w$ (chosen) − SFT", lambda probe: np.asarray(probe["chosen"], dtype=float)),
+    ("rejected_logp_mean", r"$\bar{l}_l$ (rejected) − SFT", lambda probe: np.asarray(probe["rejected"], dtype=float)),
+    ("margin_mean", r"$\Delta = \bar{l}_w - \bar{l}_l$, − SFT",
+     lambda probe: np.asarray(probe["chosen"], dtype=float) - np.asarray(probe["rejected"], dtype=float)),
+    ("rejected_token_logp_floor", "rejected-token floor − SFT (band: seeds only)", None),
+)
+
+
+def probe_records(records: list[dict]) -> list[dict]:
+    """The probe records of a metrics file in step order (as `prefopt.probes.probe_records`; not imported
+    because that module's callback side needs torch, which the report environment lacks)."""
+    return sorted((record for record in records if "probe" in record), key=lambda record: record["step"])
+
+
+def probe_trajectory(runs: list[list[dict]], key: str, pair_values, settings: dict) -> dict | None:
+    """One method's trajectory of probe `key` as the change from step 0 (its SFT start), over the steps
+    every seed probed: {"steps", "mean", "ci_low", "ci_high", "seed_low", "seed_high", "n_seeds"}.
+
+    `runs` holds each seed's probe records. The mean is over seeds of each seed's change; the CI is the
+    paired bootstrap over probe pairs of (value at step k − value at step 0), each pair averaged over
+    seeds first (None where `pair_values` is None or the seeds probed different numbers of pairs)."""
+    by_step = [{record["step"]: record["probe"] for record in records} for records in runs]
+    by_step = [steps for steps in by_step if 0 in steps]
+    if not by_step:
+        return None
+    steps = sorted(set.intersection(*(set(seed) for seed in by_step)))
+    n = len(steps)
+    out = {"steps": np.array(steps, dtype=float), "mean": np.empty(n), "ci_low": np.full(n, np.nan),
+           "ci_high": np.full(n, np.nan), "seed_low": np.empty(n), "seed_high": np.empty(n), "n_seeds": len(by_step)}
+    for index, step in enumerate(steps):
+        changes = [seed[step][key] - seed[0][key] for seed in by_step]
+        out["mean"][index] = np.mean(changes)
+        out["seed_low"][index], out["seed_high"][index] = min(changes), max(changes)
+        if pair_values is None:
+            continue
+        current = [pair_values(seed[step]) for seed in by_step]
+        start = [pair_values(seed[0]) for seed in by_step]
+        if len({values.size for values in current + start}) == 1 and current[0].size:
+            out["ci_low"][index], out["ci_high"][index] = paired_bootstrap_ci_over_seeds(
+                np.vstack(current), np.vstack(start), **settings)
+    return out
+
+
+def plot_probe_trajectories(curves: list[dict], out_path: str | os.PathLike, title: str,
+                            settings: dict | None = None) -> Path:
+    """The main figure: `PROBE_PANELS` per method (curves grouped by label, one per seed), as changes
+    from step 0 with paired-bootstrap CI bands; a figure that says so where no run has probe records."""
+    settings = settings or {"n_resamples": 1000, "seed": 0}
+    methods: dict[str, list[list[dict]]] = {}
+    for curve in curves:
+        if not Path(curve["metrics"]).exists():
+            raise FileNotFoundError(f"training curve {curve.get('label')!r}: {curve['metrics']} does not exist")
+        records = probe_records(read_jsonl(curve["metrics"]))
+        if records:
+            methods.setdefault(curve["label"], []).append(records)
+    if not methods:
+        fig, axis = plt.subplots(figsize=(8, 2.5))
+        axis.axis("off")
+        axis.text(0.5, 0.5, "No held-out probe records in these runs' metrics.jsonl\n"
+                  "(set evaluation.probes in the config to log them during training).\n"
+                  "The per-batch training curves are in the training_curves figure.",
+                  ha="center", va="center", fontsize=11, wrap=True)
+        fig.suptitle(title, fontsize=12)
+        return _save(fig, Path(out_path))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    for method_index, (label, runs) in enumerate(methods.items()):
+        color = colors[method_index % len(colors)]
+        for axis, (key, _, pair_values) in zip(axes.flat, PROBE_PANELS):
+            trajectory = probe_trajectory(runs, key, pair_values, settings)
+            if trajectory is None:
+                log.warning("probes of %r have no step-0 record; not plotted", label)
+                continue
+            steps = trajectory["steps"]
+            seeds = trajectory["n_seeds"]
+            axis.plot(steps, trajectory["mean"], color=color, linewidth=1.8, marker="o", markersize=3,
+                      label=f"{label} ({seeds} seed{'s' if seeds > 1 else ''})")
+            if not np.all(np.isnan(trajectory["ci_low"])):
+                axis.fill_between(steps, trajectory["ci_low"], trajectory["ci_high"], color=color, alpha=0.25,
+                                  linewidth=0)
+            if seeds > 1:
+                axis.fill_between(steps, trajectory["seed_low"], trajectory["seed_high"], color=color, alpha=0.10,
+                                  linewidth=0, hatch="//", edgecolor=color)
+    for axis, (_, panel_title, _) in zip(axes.flat, PROBE_PANELS):
+        axis.set_title(panel_title, fontsize=10)
+        axis.set_xlabel("training step")
+        axis.set_ylabel("change from step 0 (nats per token)")
+        axis.axhline(0.0, color="grey", linewidth=0.8)
+        axis.grid(alpha=0.3)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=min(max(len(labels), 1), 5), frameon=False,
+               bbox_to_anchor=(0.5, 1.02))
+    fig.suptitle(f"{title}\n(held-out probe pairs; dark band: paired-bootstrap 95% CI over pairs, "
+                 "hatched band: min-max across seeds)", y=1.08, fontsize=11)
     fig.tight_layout()
     return _save(fig, Path(out_path))
 
@@ -220,8 +318,13 @@ def write_figures(manifest: dict | str | os.PathLike, out_dir: str | os.PathLike
         curves_by_model.setdefault(curve["model"], []).append(curve)
     for model, curves in curves_by_model.items():
         label = curves[0].get("model_label") or model
+        settings = bootstrap_settings([results for entry in manifest.get("table3") or []
+                                       if entry.get("model") == model for results in row_seed_results(entry)])
+        written.append(plot_probe_trajectories(
+            curves, out_dir / f"probe_trajectories_{_slug(model)}.png",
+            f"{label}: held-out probes during preference training, change from SFT", settings))
         path = plot_training_curves(curves, out_dir / f"training_curves_{_slug(model)}.png",
-                                    f"{label}: chosen / rejected log-probs during preference training")
+                                    f"{label}: per-batch chosen / rejected log-probs during preference training")
         if path:
             written.append(path)
     for table_name, file_name, title in (

@@ -132,8 +132,27 @@ def torch_dtype(precision: str) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def upcast_trainable_parameters(model) -> int:
+    """Make every parameter that requires grad fp32 (mixed precision's master weights); returns how many changed.
+
+    Under `precision: bf16` the base is loaded in bf16 (`load_model`) and stays frozen in bf16, while LoRA
+    matrices (PEFT already creates them in fp32), modules saved in full (`modules_to_save`, e.g. lm_head) and,
+    in a full fine-tune, all weights are trained and updated in fp32; autocast runs the matmuls in bf16.
+    """
+    changed = 0
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+            changed += 1
+    return changed
+
+
 def load_model(source: ResolvedSource | str, precision: str = "fp32"):
-    """A causal LM in the requested precision; GGUF weights are dequantized on load."""
+    """A causal LM in the requested precision; GGUF weights are dequantized on load.
+
+    `precision` is the weights' storage dtype. For training in bf16 this is the frozen base's dtype: the
+    trainers keep trained parameters in fp32 (`upcast_trainable_parameters`) and compute under autocast.
+    """
     from transformers import AutoModelForCausalLM
 
     resolved = source if isinstance(source, ResolvedSource) else ResolvedSource(str(source))
@@ -167,16 +186,15 @@ def prepare_model(source: dict, out_dir: str | os.PathLike, chat_template: str |
     return info
 
 
-def lora_config(r: int = 64, alpha: int = 128, dropout: float = 0.0, target_modules=None,
-                modules_to_save=("lm_head",)):
-    """The paper's LoRA (Table 1): r=64, alpha=128, all attention and MLP projections, lm_head saved."""
+def lora_config(*, r: int, alpha: float, dropout: float, target_modules: list[str], modules_to_save: list[str] | None):
+    """A PEFT LoraConfig from a run config's `lora` block (the paper's Table 1 values are the schema's defaults)."""
     from peft import LoraConfig
 
     return LoraConfig(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
-        target_modules=list(target_modules or LORA_TARGET_MODULES),
+        target_modules=list(target_modules),
         modules_to_save=list(modules_to_save) if modules_to_save else None,
         bias="none",
         task_type="CAUSAL_LM",

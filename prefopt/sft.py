@@ -14,11 +14,11 @@ with `metrics.jsonl` and `summary.json`. The alignment stage starts from that di
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-import time
 from pathlib import Path
+
+import torch
 
 from tqdm.auto import tqdm
 
@@ -41,38 +41,34 @@ def tokenize_sft_row(tokenizer, row: dict, *, max_length: int, max_prompt_length
             "completion_mask": [0] * len(prompt_ids) + [1] * len(completion_ids)}
 
 
-def train_sft(run_config: dict, model_dir, train_rows: list[dict], out_dir, checkpoint_dir,
-              eval_rows: list[dict] | None = None) -> dict:
-    """Run the SFT job from a validated run config (method "sft"); returns the summary.
-
-    Resumes from the newest complete checkpoint in `checkpoint_dir`. Writes `out_dir/` (merged model
-    files at its top level, `metrics.jsonl`, `summary.json`, `data_report.json`) atomically; only the
-    main process writes.
-    """
+def build_sft_trainer(run_config: dict, model_dir, tokenizer, precision: str, train_rows: list[dict],
+                      eval_rows: list[dict] | None, checkpoint_dir, metrics_path):
+    """The model (LoRA applied when configured) and TRL's SFTTrainer with the non-finite guard."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from prefopt.data import write_json
+    from prefopt.guards import FiniteStepsMixin, NonFiniteStepError
     from prefopt.models import apply_lora, load_model
     from prefopt.run_config import training_arguments_kwargs
-    from prefopt.trainer import (
-        MetricsFileCallback,
-        _read_metric_records,
-        _staging_dir,
-        _write_text_atomic,
-        last_complete_checkpoint,
-        prepare_metrics_file,
-        prepare_run,
-        publish_dir,
-    )
+    from prefopt.trainer import MetricsFileCallback
 
     if run_config["method"] != "sft":
-        raise ValueError(f"train_sft: run config 'method' is {run_config['method']!r}, expected 'sft'")
+        raise ValueError(f"build_sft_trainer: run config 'method' is {run_config['method']!r}, expected 'sft'")
     training = run_config["training"]
-    out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
-    started = time.time()
-    device, precision, tokenizer, good_rows, data_report, eval_rows = prepare_run(
-        run_config, model_dir, train_rows, eval_rows, caller="train_sft")
+
+    class GuardedSFTTrainer(FiniteStepsMixin, SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                          num_items_in_batch=num_items_in_batch)
+            loss = result[0] if return_outputs else result
+            # Every process learns of a non-finite loss anywhere, so none waits on the others.
+            if not torch.isfinite(self.accelerator.gather(loss.detach().float().reshape(1))).all():
+                mode = "train" if model.training else "eval"
+                step = self.state.global_step + (1 if mode == "train" else 0)
+                raise NonFiniteStepError(
+                    f"non-finite sft loss at global step {step} ({mode}): non-finite terms: loss (cross-entropy); "
+                    "the update was not applied and no checkpoint was saved")
+            return result
 
     def tokenized(rows, name):
         return Dataset.from_list([
@@ -81,81 +77,62 @@ def train_sft(run_config: dict, model_dir, train_rows: list[dict], out_dir, chec
             for row in tqdm(rows, desc=f"tokenize {name} conversations", disable=len(rows) < 1000)
         ])
 
-    train_dataset = tokenized(good_rows, "train")
-    eval_dataset = None
-    if eval_rows:
-        eval_dataset = tokenized(eval_rows, "eval")
-
     model = apply_lora(load_model(str(model_dir), precision), run_config["lora"])
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = checkpoint_dir / "metrics.jsonl"
-    kwargs = training_arguments_kwargs(run_config, checkpoint_dir)
-    args = SFTConfig(**kwargs, max_length=training["max_length"], completion_only_loss=True, packing=False,
-                     dataset_kwargs={})
+    if precision == "bf16":
+        from prefopt.logprobs import use_fp32_attention_on_cpu
+        from prefopt.models import upcast_trainable_parameters
+
+        upcast_trainable_parameters(model)  # fp32 master weights under bf16 autocast, as the alignment trainer
+        if training["device"] == "cpu":
+            use_fp32_attention_on_cpu()
+    args = SFTConfig(**training_arguments_kwargs(run_config, checkpoint_dir), max_length=training["max_length"],
+                     completion_only_loss=True, packing=False, dataset_kwargs={})
     if args.activation_checkpointing and run_config["lora"] is not None:
         model.enable_input_require_grads()
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         processing_class=tokenizer, callbacks=[MetricsFileCallback(metrics_path)])
+    return GuardedSFTTrainer(model=model, args=args, train_dataset=tokenized(train_rows, "train"),
+                             eval_dataset=tokenized(eval_rows, "eval") if eval_rows else None,
+                             processing_class=tokenizer, callbacks=[MetricsFileCallback(metrics_path)])
 
-    resume = last_complete_checkpoint(checkpoint_dir)
-    logger.info("resuming from %s", Path(resume).name) if resume else logger.info(
-        "no checkpoint in %s: starting from step 0", checkpoint_dir)
-    if trainer.is_world_process_zero():
-        prepare_metrics_file(metrics_path, resume)
-    trainer.accelerator.wait_for_everyone()
-    train_output = trainer.train(resume_from_checkpoint=resume)
-    eval_metrics = trainer.evaluate() if eval_dataset is not None else {}
 
-    summary = {}
-    staging = _staging_dir(out_dir)
-    if trainer.is_world_process_zero():
-        if staging.exists():
-            shutil.rmtree(staging)
-        final_model = trainer.accelerator.unwrap_model(trainer.model)
-        if run_config["lora"] is not None:
-            # Merge LoRA into the base weights: the alignment stage starts from a plain model directory.
-            final_model = final_model.merge_and_unload()
-        # SFTTrainer patched `forward` on the instance (fused LM head); the saved files are unaffected.
-        output_embeddings, input_embeddings = final_model.get_output_embeddings(), final_model.get_input_embeddings()
-        if output_embeddings is not None and output_embeddings.weight is not input_embeddings.weight:
-            # A LoRA run with lm_head in modules_to_save trains its own copy of a tied head; saved as tied,
-            # it would be replaced by the input embeddings on load.
-            final_model.config.tie_word_embeddings = False
-            if hasattr(final_model.config, "get_text_config"):
-                final_model.config.get_text_config().tie_word_embeddings = False
-        final_model.config.use_cache = True
-        final_model.generation_config.eos_token_id = tokenizer.eos_token_id
-        final_model.generation_config.pad_token_id = tokenizer.pad_token_id
-        final_model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        source_info = Path(model_dir) / "prefopt_source.json"
-        if source_info.exists():
-            shutil.copy(source_info, staging / "prefopt_source.json")
-        records = _read_metric_records(metrics_path)
-        _write_text_atomic(staging / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-        write_json(staging / "data_report.json", data_report)
-        summary = {
-            "method": "sft",
-            "model_dir": str(model_dir),
-            "merged_lora": run_config["lora"] is not None,
-            "global_step": trainer.state.global_step,
-            "epoch": trainer.state.epoch,
-            "train_runtime_s": train_output.metrics.get("train_runtime"),
-            "job_runtime_s": time.time() - started,
-            "train_loss": train_output.training_loss,
-            "final_metrics": next((r for r in reversed(records) if "loss" in r), {}),
-            "eval_metrics": eval_metrics,
-            "resumed_from": Path(resume).name if resume else None,
-            "num_train_rows": len(good_rows),
-            "num_dropped_rows": data_report["dropped"],
-            "loss_on": "assistant completion only (prompt tokens masked)",
-            "precision": precision,
-            "device": device,
-            "world_size": trainer.accelerator.num_processes,
-            "run_config": run_config,
-        }
-        write_json(staging / "summary.json", summary)
-        publish_dir(staging, out_dir)
-        logger.info("wrote merged model to %s (%d steps)", out_dir, trainer.state.global_step)
-    trainer.accelerator.wait_for_everyone()
-    return summary
+def save_sft_model(trainer, staging: Path, run_config: dict, tokenizer, model_dir) -> str:
+    """The merged model (LoRA folded into the base weights) and tokenizer at the top of `staging`."""
+    if not trainer.is_world_process_zero():
+        return "."
+    final_model = trainer.accelerator.unwrap_model(trainer.model)
+    if run_config["lora"] is not None:
+        # Merge LoRA into the base weights: the alignment stage starts from a plain model directory.
+        final_model = final_model.merge_and_unload()
+    # SFTTrainer patched `forward` on the instance (fused LM head); the saved files are unaffected.
+    output_embeddings, input_embeddings = final_model.get_output_embeddings(), final_model.get_input_embeddings()
+    if output_embeddings is not None and output_embeddings.weight is not input_embeddings.weight:
+        # A LoRA run with lm_head in modules_to_save trains its own copy of a tied head; saved as tied,
+        # it would be replaced by the input embeddings on load.
+        final_model.config.tie_word_embeddings = False
+        if hasattr(final_model.config, "get_text_config"):
+            final_model.config.get_text_config().tie_word_embeddings = False
+    final_model.config.use_cache = True
+    final_model.generation_config.eos_token_id = tokenizer.eos_token_id
+    final_model.generation_config.pad_token_id = tokenizer.pad_token_id
+    final_model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    source_info = Path(model_dir) / "prefopt_source.json"
+    if source_info.exists():
+        shutil.copy(source_info, staging / "prefopt_source.json")
+    return "."
+
+
+def sft_summary(trainer) -> dict:
+    return {"merged_lora": _is_lora(trainer.accelerator.unwrap_model(trainer.model)),
+            "loss_on": "assistant completion only (prompt tokens masked)"}
+
+
+def _is_lora(model) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def sft_stage():
+    from prefopt.job import Stage
+
+    return Stage("sft", build_sft_trainer, save_sft_model, sft_summary)

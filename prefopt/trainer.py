@@ -1,7 +1,8 @@
 """One preference trainer for every objective in `prefopt.losses` (DPO, SimPO, SLIME, StaPO).
 
-A training step is one concatenated forward over the chosen and rejected completions of a batch
-(`prefopt.logprobs`), the loss from the registry, and Trainer's backward/optimizer machinery, so the
+A training step is one forward over the chosen and rejected completions of a batch, each pair one
+shared-prompt sequence packed with others into rows where the model allows it (`prefopt.logprobs`,
+docs/batching.md), the loss from the registry, and Trainer's backward/optimizer machinery, so the
 same code runs under `python`, `accelerate launch --multi_gpu` (DDP) and DeepSpeed ZeRO-2. The
 reference model runs only for losses that need it (`LossSpec.needs_reference`, i.e. DPO): with LoRA
 it is the same network with the adapters disabled, otherwise a frozen copy.
@@ -11,8 +12,8 @@ it is the same network with the adapters disabled, otherwise a frozen copy.
     trainer = PreferenceTrainer(model, args, train_dataset=rows, processing_class=tokenizer)
     trainer.train()
 
-`train_preference(run_config, ...)` is the whole alignment job (load, LoRA, validate, tokenize,
-train with resumable checkpoints, write adapter + metrics + summary atomically).
+`preference_stage()` is the alignment job's stage for `prefopt.job.run_job` (load, LoRA, trainer;
+save the adapter); the job around it (identity, resume, publish, summary) is prefopt/job.py.
 """
 
 from __future__ import annotations
@@ -20,11 +21,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import os
 import re
-import shutil
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,22 +33,24 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from prefopt.guards import FiniteStepsMixin, NonFiniteStepError
+from prefopt.io import append_jsonl, write_jsonl
 from prefopt.logprobs import (
-    PairCollator,
     adapters_disabled,
-    completion_token_logps,
-    split_chosen_rejected,
+    pair_collator,
+    pair_token_logps,
     tokenize_pair,
+    use_fp32_attention_on_cpu,
 )
 from prefopt.losses import compute_loss, get_loss
-from prefopt.run_config import default_precision  # noqa: F401  (re-exported: the trainer's precision helper)
+from prefopt.models import upcast_trainable_parameters
 
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE_NAME = "trainer_state.json"
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(NonFiniteStepError):
     """The loss (or one of its terms) became NaN or Inf; the message names the step and the terms."""
 
 
@@ -136,7 +136,9 @@ def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
     return None
 
 
-def _read_metric_records(path: Path) -> list[dict]:
+def read_metric_records(path: str | os.PathLike) -> list[dict]:
+    """The records of a metrics file; a partial last line (a job killed mid-write) is dropped with a warning."""
+    path = Path(path)
     records = []
     if not path.exists():
         return records
@@ -146,16 +148,8 @@ def _read_metric_records(path: Path) -> list[dict]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
-            # A job killed mid-write leaves a partial last line; it is dropped, the step is logged again.
             logger.warning("%s:%d: dropping an unreadable metrics line", path, line_number)
     return records
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class MetricsFileCallback(TrainerCallback):
@@ -181,11 +175,7 @@ class MetricsFileCallback(TrainerCallback):
         for key, value in logs.items():
             if key not in ("loss", "learning_rate", "epoch", "step"):
                 record[key] = value
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_jsonl(self.path, record)
 
 
 def prepare_metrics_file(path: str | os.PathLike, resume_from_checkpoint: str | None) -> None:
@@ -199,11 +189,10 @@ def prepare_metrics_file(path: str | os.PathLike, resume_from_checkpoint: str | 
         path.unlink(missing_ok=True)
         return
     resume_step = json.loads((Path(resume_from_checkpoint) / TRAINER_STATE_NAME).read_text())["global_step"]
-    kept = [record for record in _read_metric_records(path) if record.get("step", 0) <= resume_step]
-    _write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in kept))
+    write_jsonl(path, [record for record in read_metric_records(path) if record.get("step", 0) <= resume_step])
 
 
-class PreferenceTrainer(Trainer):
+class PreferenceTrainer(FiniteStepsMixin, Trainer):
     """`transformers.Trainer` for pairwise preference objectives (one class for every loss in the registry).
 
     `train_dataset` holds tokenized pairs (`prompt_ids`, `chosen_ids`, `rejected_ids`) or raw
@@ -224,7 +213,14 @@ class PreferenceTrainer(Trainer):
         if data_collator is None:
             if processing_class is None:
                 raise ValueError("PreferenceTrainer: pass processing_class (the tokenizer) or a data_collator")
-            data_collator = PairCollator(processing_class.pad_token_id)
+            # One shared-prompt sequence per pair, packed rows; two padded rows per pair where the model can't.
+            data_collator = pair_collator(model, processing_class.pad_token_id)
+        if (args.bf16 or args.fp16) and not args.deepspeed:
+            # Mixed precision keeps fp32 master weights: the trained parameters (LoRA, saved modules, or all of
+            # them in a full fine-tune) are fp32 whatever dtype the base was loaded in; autocast does the rest.
+            upcast_trainable_parameters(model)
+            if args.use_cpu or not torch.cuda.is_available():
+                use_fp32_attention_on_cpu()
         train_dataset = self._tokenized(train_dataset, processing_class, args, "train")
         eval_dataset = self._tokenized(eval_dataset, processing_class, args, "eval")
         if hasattr(model, "config"):
@@ -272,32 +268,30 @@ class PreferenceTrainer(Trainer):
 
     # ----------------------------------------------------------------------------------------- loss
 
-    def reference_token_logps(self, model, inputs) -> torch.Tensor:
-        """Per-token log-probs of the reference policy (no gradients)."""
+    def reference_token_logps(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chosen, rejected) per-token log-probs of the reference policy (no gradients)."""
         self.reference_forward_calls += 1
         if self.uses_adapter_reference:
-            with adapters_disabled(model):
-                token_logps, _ = completion_token_logps(
-                    model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
+            with adapters_disabled(model), self.accelerator.autocast():
+                chosen, _, rejected, _ = pair_token_logps(model, inputs)
         else:
-            with torch.no_grad():
-                token_logps, _ = completion_token_logps(
-                    self.ref_model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
-        return token_logps.detach()
+            with torch.no_grad(), self.accelerator.autocast():
+                chosen, _, rejected, _ = pair_token_logps(self.ref_model, inputs)
+        return chosen.detach(), rejected.detach()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         references = {}
         if self.loss_spec.needs_reference:
             # Before the policy forward: under DDP the graph-building forward should be the last one.
-            ref_chosen, _, ref_rejected, _ = split_chosen_rejected(
-                self.reference_token_logps(model, inputs), inputs["completion_mask"][:, 1:])
+            ref_chosen, ref_rejected = self.reference_token_logps(model, inputs)
             references = {"ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}
-        token_logps, mask = completion_token_logps(
-            model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
-        chosen_logps, chosen_mask, rejected_logps, rejected_mask = split_chosen_rejected(token_logps, mask)
-        loss, metrics = compute_loss(self.args.loss_type, chosen_logps, chosen_mask, rejected_logps, rejected_mask,
-                                     **references, **self.loss_kwargs)
+        # Under mixed precision the decoder and the LM head's matmuls run in bf16 (accelerate's autocast); the
+        # log-softmax (prefopt.logprobs) and the loss below run in fp32.
+        with self.accelerator.autocast():
+            chosen_logps, chosen_mask, rejected_logps, rejected_mask = pair_token_logps(model, inputs)
+        loss, metrics = compute_loss(self.args.loss_type, chosen_logps.float(), chosen_mask, rejected_logps.float(),
+                                     rejected_mask, **references, **self.loss_kwargs)
         self._record_metrics(mode, loss, metrics)
         if return_outputs:
             return loss, {"chosen_logps": chosen_logps.detach(), "rejected_logps": rejected_logps.detach()}
@@ -350,133 +344,40 @@ class PreferenceTrainer(Trainer):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The alignment job
+# The alignment job's stage (the job itself is prefopt.job.run_job)
 
 
-def _staging_dir(out_dir: Path) -> Path:
-    return out_dir.parent / f".{out_dir.name}.partial"
-
-
-def publish_dir(staging: Path, out_dir: Path) -> None:
-    """Replace `out_dir` by `staging` with renames only, so a kill never leaves a half-written out_dir."""
-    out_dir = Path(out_dir)
-    old = out_dir.parent / f".{out_dir.name}.old"
-    if old.exists():
-        shutil.rmtree(old)
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(staging, out_dir)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def prepare_run(run_config: dict, model_dir, train_rows: list[dict], eval_rows: list[dict] | None, *, caller: str):
-    """The start every training job shares: device check, seed, precision, tokenizer, validated rows.
-
-    Returns (device, precision, tokenizer, good_train_rows, data_report, eval_rows); bad training rows
-    follow the config's `data.on_bad`, bad eval rows are dropped.
-    """
-    from transformers import set_seed
-
-    from prefopt.data import validate_rows
-    from prefopt.models import load_tokenizer
-    from prefopt.run_config import check_devices, resolved_precision
-
-    training = run_config["training"]
-    device = check_devices(run_config)
-    set_seed(training["seed"])  # paper, "Reproducibility": seed 0 for random, numpy and torch
-    precision = resolved_precision(run_config)
-    tokenizer = load_tokenizer(str(model_dir))
-    limits = {"tokenizer": tokenizer, "max_prompt_length": training["max_prompt_length"],
-              "max_length": training["max_length"]}
-    good_rows, data_report = validate_rows(train_rows, **limits, on_bad=run_config["data"]["on_bad"])
-    if not good_rows:
-        raise ValueError(f"{caller}: no usable training rows ({data_report['counts']})")
-    if eval_rows:
-        eval_rows, _ = validate_rows(eval_rows, **limits, on_bad="drop")
-    return device, precision, tokenizer, good_rows, data_report, eval_rows
-
-
-def train_preference(run_config: dict, model_dir, train_rows: list[dict], out_dir, checkpoint_dir,
-                     eval_rows: list[dict] | None = None) -> dict:
-    """Run one alignment job from a validated run config (`prefopt.run_config.load_run_config`).
-
-    Loads the model and tokenizer from `model_dir`, applies LoRA if configured, validates and
-    tokenizes `train_rows`, trains with checkpoints in `checkpoint_dir` (resuming from the newest
-    complete one), and writes `out_dir/` atomically: `adapter/` (PEFT) or `model/` (full fine-tune),
-    `metrics.jsonl`, `summary.json`, `data_report.json`. Only the main process writes. Returns the summary.
-    """
-    from prefopt.data import write_json
+def build_preference_trainer(run_config: dict, model_dir, tokenizer, precision: str, train_rows: list[dict],
+                             eval_rows: list[dict] | None, checkpoint_dir, metrics_path) -> PreferenceTrainer:
+    """The model (LoRA applied when configured) and its PreferenceTrainer, from a checked run config."""
     from prefopt.models import apply_lora, load_model
     from prefopt.run_config import to_training_arguments
 
-    method = run_config["method"]
-    if method == "sft":
-        raise ValueError("train_preference: run config 'method' is 'sft'; use prefopt.sft.train_sft")
-    out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
-    started = time.time()
-    device, precision, tokenizer, good_rows, data_report, eval_rows = prepare_run(
-        run_config, model_dir, train_rows, eval_rows, caller="train_preference")
+    if run_config["method"] == "sft":
+        raise ValueError("build_preference_trainer: run config 'method' is 'sft'; use prefopt.sft")
     model = apply_lora(load_model(str(model_dir), precision), run_config["lora"])
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = checkpoint_dir / "metrics.jsonl"  # survives a kill next to the checkpoints it matches
-    args = to_training_arguments(run_config, checkpoint_dir, metrics_file=str(metrics_path))
+    args = to_training_arguments(run_config, checkpoint_dir, PreferenceConfig, metrics_file=str(metrics_path))
     if args.activation_checkpointing and run_config["lora"] is not None:
         model.enable_input_require_grads()
+    return PreferenceTrainer(model, args, train_dataset=train_rows, eval_dataset=eval_rows or None,
+                             processing_class=tokenizer)
 
-    trainer = PreferenceTrainer(model, args, train_dataset=good_rows, eval_dataset=eval_rows or None,
-                                processing_class=tokenizer)
-    resume = last_complete_checkpoint(checkpoint_dir)
-    if resume:
-        logger.info("resuming from %s", Path(resume).name)
-    else:
-        logger.info("no checkpoint in %s: starting from step 0", checkpoint_dir)
-    train_output = trainer.train(resume_from_checkpoint=resume)
-    eval_metrics = trainer.evaluate() if eval_rows else {}
 
-    staging = _staging_dir(out_dir)
-    if trainer.is_world_process_zero() and staging.exists():
-        shutil.rmtree(staging)
-    trainer.accelerator.wait_for_everyone()
+def save_preference_weights(trainer: PreferenceTrainer, staging: Path, run_config: dict, tokenizer, model_dir) -> str:
+    """`adapter/` (PEFT) or `model/` (full fine-tune) in `staging`; every rank calls it (DeepSpeed gathers)."""
     weights_dir = staging / ("adapter" if run_config["lora"] is not None else "model")
-    trainer.save_model(str(weights_dir))  # every rank calls it: DeepSpeed gathers inside
-    summary = {}
-    if trainer.is_world_process_zero():
-        if run_config["lora"] is None:
-            tokenizer.save_pretrained(weights_dir)
-        records = _read_metric_records(metrics_path)
-        _write_text_atomic(staging / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-        write_json(staging / "data_report.json", data_report)
-        final_train = next((r for r in reversed(records) if "loss" in r), {})
-        summary = {
-            "method": method,
-            "loss_kwargs": {**trainer.loss_spec.defaults, **run_config["loss_kwargs"]},
-            "model_dir": str(model_dir),
-            "weights": weights_dir.name,
-            "global_step": trainer.state.global_step,
-            "epoch": trainer.state.epoch,
-            "train_runtime_s": train_output.metrics.get("train_runtime"),
-            "job_runtime_s": time.time() - started,
-            "train_loss": _json_safe(train_output.training_loss),
-            "final_metrics": final_train,
-            "eval_metrics": {k: _json_safe(v) for k, v in eval_metrics.items()},
-            "resumed_from": Path(resume).name if resume else None,
-            "num_train_pairs": len(good_rows),
-            "num_dropped_rows": data_report["dropped"],
-            "precision": precision,
-            "device": device,
-            "world_size": trainer.accelerator.num_processes,
-            "reference_forward_calls": trainer.reference_forward_calls,
-            "run_config": run_config,
-        }
-        write_json(staging / "summary.json", summary)
-        publish_dir(staging, out_dir)
-        logger.info("wrote %s (%d steps, resumed_from=%s)", out_dir, trainer.state.global_step, summary["resumed_from"])
-    trainer.accelerator.wait_for_everyone()
-    return summary
+    trainer.save_model(str(weights_dir))
+    if run_config["lora"] is None and trainer.is_world_process_zero():
+        tokenizer.save_pretrained(weights_dir)
+    return weights_dir.name
+
+
+def preference_summary(trainer: PreferenceTrainer) -> dict:
+    return {"loss_kwargs": {**trainer.loss_spec.defaults, **trainer.loss_kwargs},
+            "reference_forward_calls": trainer.reference_forward_calls}
+
+
+def preference_stage():
+    from prefopt.job import Stage
+
+    return Stage("align", build_preference_trainer, save_preference_weights, preference_summary)

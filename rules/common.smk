@@ -1,205 +1,26 @@
-# Helpers for the rules: config resolution, run naming, inputs and manifests.
+# `get_*` helpers that turn the experiment plan (prefopt/plan.py) into rule inputs and params.
 # Every hyperparameter reaches a job through `params:` or a run-config file written by
 # `write_run_config`; no script reads the global config.
-import hashlib
-import importlib.util
 import json
 import os
 import re
-from pathlib import Path
+import sys
 
-from snakemake.exceptions import WorkflowError
+from prefopt import plan as planner
 
-RESULTS = "results"
-CHECKPOINTS = config.get("checkpoint_dir", "checkpoints")
+RESULTS = planner.RESULTS
+CHECKPOINTS = config["checkpoint_dir"]
 REPO = workflow.basedir
 
-METHOD_LABELS = {
-    "dpo": "+ DPO",
-    "simpo": "+ SimPO",
-    "slime": "+ SLIME (ours)",
-    "stapo": "+ StaPO",
-}
-TRAINING_DEFAULTS = {
-    "lr_scheduler_type": "linear",
-    "warmup_ratio": 0.0,
-    "max_grad_norm": None,
-    "num_train_epochs": 1,
-    "max_steps": -1,
-    "per_device_train_batch_size": 8,
-    "gradient_accumulation_steps": 1,
-    "save_steps": 50,
-    "logging_steps": 1,
-    "max_length": 512,
-    "max_prompt_length": 256,
-    "gradient_checkpointing": False,
-    "optim": "adamw_torch",
-}
-
-
-def fail(key, message):
-    raise WorkflowError(f"config error at '{key}': {message}")
-
-
-# ---------------------------------------------------------------- models
-
-
-def enabled_models():
-    return [
-        name for name, spec in config["models"].items() if spec.get("enabled", True)
-    ]
-
-
-def model_label(model):
-    return config["models"][model].get("label", model)
-
-
-def check_model_sources():
-    """Fail before any job starts when a configured model file or package is missing."""
-    for name in enabled_models():
-        source = config["models"][name]["source"]
-        key = f"models.{name}.source"
-        kinds = [kind for kind in ("hub", "path", "gguf_package") if kind in source]
-        if len(kinds) != 1:
-            fail(
-                key,
-                f"give exactly one of 'hub', 'path' or 'gguf_package' (got {kinds or 'none'})",
-            )
-        if "path" in source and not Path(source["path"]).exists():
-            fail(f"{key}.path", f"{source['path']} does not exist")
-        if "gguf_package" in source:
-            if "gguf_file" not in source:
-                fail(f"{key}.gguf_file", "required with 'gguf_package'")
-            spec = importlib.util.find_spec(source["gguf_package"])
-            if spec is None:
-                fail(
-                    f"{key}.gguf_package",
-                    f"pip package '{source['gguf_package']}' is not installed (`make models`)",
-                )
-            folder = Path(list(spec.submodule_search_locations)[0])
-            if (
-                not source.get("assemble")
-                and not (folder / source["gguf_file"]).exists()
-            ):
-                fail(f"{key}.gguf_file", f"{source['gguf_file']} is not in {folder}")
-
-
-# ---------------------------------------------------------------- run settings
-
-
-def training_settings(stage, model):
-    """The resolved SFT or alignment hyperparameters of one model (global, then per-model overrides)."""
-    settings = dict(TRAINING_DEFAULTS)
-    settings.update(config.get(stage, {}))
-    settings.update(config["models"][model].get(stage, {}))
-    settings["seed"] = config.get("seed", 0)
-    settings["precision"] = config.get("precision", "fp32")
-    settings["device"] = config.get("device", "cpu")
-    if settings["max_prompt_length"] >= settings["max_length"]:
-        fail(f"{stage}.max_prompt_length", "must be smaller than max_length")
-    return settings
-
-
-def loss_kwargs(method, overrides=None):
-    """Every loss keyword resolved: the loss's defaults, a named preset, the config, then an ablation's overrides."""
-    from prefopt.losses import LOSSES, PRESETS
-
-    if method not in LOSSES:
-        fail(
-            "methods", f"unknown method '{method}' (known: {', '.join(sorted(LOSSES))})"
-        )
-    resolved = dict(LOSSES[method].defaults)
-    settings = dict(config["methods"].get(method) or {})
-    preset = settings.pop("preset", None)
-    if preset is not None:
-        resolved.update(PRESETS[preset])
-    resolved.update(settings)
-    resolved.update(overrides or {})
-    resolved.pop("preset", None)
-    return resolved
-
-
-def settings_hash(settings):
-    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def run_config(model, method, overrides=None):
-    """The run-config file's content. Device and launcher are left out: they do not change the result's meaning."""
-    training = training_settings("sft" if method == "sft" else "align", model)
-    return {
-        "method": method,
-        "loss_kwargs": {} if method == "sft" else loss_kwargs(method, overrides),
-        "training": training,
-        "lora": config.get("lora"),
-        "data": {"on_bad": config["data"].get("on_bad_rows", "drop")},
-    }
-
-
-def run_id(model, method, overrides=None):
-    """A run's name comes from its resolved settings, so two spellings of one setting are one job."""
-    settings = run_config(model, method, overrides)
-    hashed = {k: v for k, v in settings.items() if k != "training"}
-    hashed["training"] = {
-        k: v for k, v in settings["training"].items() if k not in ("device",)
-    }
-    return f"{method}-{settings_hash(hashed)}"
-
-
-def ablation_model():
-    model = (config.get("ablations") or {}).get("model")
-    if model is None:
-        return None
-    if model not in enabled_models():
-        fail(
-            "ablations.model",
-            f"'{model}' is not an enabled model ({', '.join(enabled_models())})",
-        )
-    return model
-
-
-def collect_runs():
-    """Every distinct alignment run, with the table rows it feeds."""
-    runs = {}
-    table3, table4, table5 = [], [], []
-
-    def add(model, method, overrides=None):
-        rid = run_id(model, method, overrides)
-        runs[(model, rid)] = run_config(model, method, overrides)
-        return rid
-
-    for model in enabled_models():
-        table3.append((model, "Base (Pretrain)", "base"))
-        table3.append((model, "SFT", "sft"))
-        for method in config["methods"]:
-            table3.append((model, METHOD_LABELS[method], add(model, method)))
-    model = ablation_model()
-    ablations = config.get("ablations") or {}
-    if model is not None:
-        if "slime" not in config["methods"]:
-            fail(
-                "ablations", "the ablations vary SLIME, so 'methods' must include slime"
-            )
-        table4.append((model, "Full SLIME", add(model, "slime")))
-        names = [c["name"] for c in ablations.get("components", [])]
-        if len(set(names)) != len(names):
-            fail("ablations.components", f"names must be unique, got {names}")
-        for component in ablations.get("components", []):
-            table4.append(
-                (model, component["label"], add(model, "slime", component["overrides"]))
-            )
-        default_p = loss_kwargs("slime")["p"]
-        for p in ablations.get("p_sweep", []):
-            table5.append((model, p, p == default_p, add(model, "slime", {"p": p})))
-    return runs, table3, table4, table5
-
-
-check_model_sources()
-RUNS, TABLE3, TABLE4, TABLE5 = collect_runs()
-BENCHMARKS = config["evaluation"].get("benchmarks", ["offline"])
+try:
+    planner.check_model_sources(config)
+    PLAN = planner.make_plan(config)
+except planner.PlanError as error:
+    sys.exit(f"config error: {error}")  # one line, like the schema's errors
+BENCHMARKS = config["evaluation"]["benchmarks"]
 if "demo_generation" in BENCHMARKS and config["data"]["source"] != "demo":
-    fail(
-        "evaluation.benchmarks",
-        "demo_generation needs data.source: demo (it checks known answers)",
+    sys.exit(
+        "config error: evaluation.benchmarks: demo_generation needs data.source: demo (it checks known answers)"
     )
 
 
@@ -210,112 +31,75 @@ wildcard_constraints:
     judged="mt_bench|arena_hard",
 
 
-# ---------------------------------------------------------------- rule helpers
+# ---------------------------------------------------------------- training
 
 
 def get_run_config(wildcards):
-    if wildcards.run == "sft":
-        return run_config(wildcards.model, "sft")
-    key = (wildcards.model, wildcards.run)
-    if key not in RUNS:
-        raise WorkflowError(
-            f"no alignment run '{wildcards.run}' for model '{wildcards.model}' in the config"
-        )
-    return RUNS[key]
+    return planner.plan_run_config(config, PLAN, wildcards.model, wildcards.run)
 
 
-def base_model_dir(model):
-    return f"{RESULTS}/{model}/base"
+def get_training_settings(stage):
+    return lambda wildcards: planner.training_settings(config, stage, wildcards.model)
 
 
-def sft_model_dir(model):
-    return f"{RESULTS}/{model}/sft"
+def get_launch(stage):
+    return planner.launch_command(config, stage, REPO)
 
 
-def align_dir(model, run):
-    return f"{RESULTS}/{model}/align/{run}"
+def get_checkpoint_dir(wildcards):
+    run = wildcards.run if "run" in wildcards.keys() else "sft"
+    return planner.checkpoint_dir(config, wildcards.model, run)
 
 
-def get_eval_model(wildcards):
-    """The model directories an evaluation loads: base, SFT, or SFT plus an alignment adapter."""
-    if wildcards.run == "base":
-        return {"model": base_model_dir(wildcards.model)}
-    if wildcards.run == "sft":
-        return {"model": sft_model_dir(wildcards.model)}
-    return {
-        "model": sft_model_dir(wildcards.model),
-        "run": align_dir(wildcards.model, wildcards.run),
-    }
+def get_probe_input(wildcards):
+    if config["evaluation"]["probes"] is None:
+        return {}
+    return {"probe_rows": f"{RESULTS}/data/split/eval.jsonl"}
 
 
-def adapter_arg(wildcards, input):
-    return f"--adapter {input.run}/adapter" if "run" in input.keys() else ""
+def get_probe_arg(wildcards, input):
+    return f"--probe-rows {input.probe_rows}" if "probe_rows" in input.keys() else ""
 
 
 def get_split_input(wildcards):
-    if config["data"]["source"] == "demo":
+    data = config["data"]
+    if data["source"] == "demo":
         return {"raw": f"{RESULTS}/data/demo/raw.jsonl"}
-    return {}
+    dataset = data["ultrafeedback"]["dataset"]
+    # A local dataset file or folder is an input like any other: editing it reruns the split.
+    # A folder: every file in it (the folder's mtime misses edits to its files).
+    if os.path.isdir(dataset):
+        from prefopt.data import dataset_files
+
+        return {"raw": dataset_files(dataset)}
+    return {"raw": dataset} if os.path.exists(dataset) else {}
 
 
 def split_source_args():
     data = config["data"]
     if data["source"] == "demo":
         return f"--source demo --input {RESULTS}/data/demo/raw.jsonl"
-    uf = data.get("ultrafeedback", {})
-    dataset = uf.get("dataset", "HuggingFaceH4/ultrafeedback_binarized")
-    return f"--source ultrafeedback --input {dataset} --hf-split {uf.get('split', 'train_prefs')}"
+    uf = data["ultrafeedback"]
+    return f"--source ultrafeedback --input {uf['dataset']} --hf-split {uf['split']}"
 
 
-def launch_command(stage):
-    """The command that starts a training script: plain python, or accelerate with DDP / DeepSpeed ZeRO-2."""
-    launcher = (config.get("launchers") or {}).get(stage, {})
-    kind = launcher.get("type", "python")
-    if kind == "python":
-        return "python"
-    default_file = {
-        "ddp": "configs/accelerate/ddp.yaml",
-        "zero2": "configs/accelerate/zero2.yaml",
-    }[kind]
-    on_cpu = config.get("device", "cpu") == "cpu"
-    if on_cpu and kind == "ddp":
-        default_file = "configs/accelerate/cpu_ddp.yaml"
-    # Jobs started together on one machine need distinct rendezvous ports; multi-node runs fix one.
-    port = (
-        launcher.get("main_process_port")
-        or f"$(python {REPO}/workflow/scripts/free_port.py)"
-    )
-    parts = [
-        "accelerate launch",
-        f"--config_file {launcher.get('accelerate_config', default_file)}",
-        f"--num_processes {launcher.get('num_processes', 1)}",
-        f"--mixed_precision {'bf16' if config.get('precision') == 'bf16' else 'no'}",
-        # On CPU, DDP needs --multi_gpu (`--cpu` would quietly start one process); zero2 must not get
-        # it: the flag overrides the yaml's DEEPSPEED type and the job silently runs as plain DDP.
-        ("--multi_gpu" if on_cpu and kind == "ddp" else ""),
-        f"--main_process_port {port}",
-        launcher.get("extra_args", ""),
-    ]
-    return " ".join(part for part in parts if part)
+# ---------------------------------------------------------------- evaluation and tables
 
 
-def stage_threads(stage):
-    launcher = (config.get("launchers") or {}).get(stage, {})
-    return max(config.get("threads", 1), launcher.get("num_processes", 1))
+def get_eval_model(wildcards):
+    """The model directories an evaluation loads: base, SFT, or SFT plus an alignment adapter."""
+    if wildcards.run == "base":
+        return {"model": planner.base_model_dir(wildcards.model)}
+    if wildcards.run == "sft":
+        return {"model": planner.sft_model_dir(wildcards.model)}
+    return {
+        "model": planner.sft_model_dir(wildcards.model),
+        "run": planner.align_dir(wildcards.model, wildcards.run),
+    }
 
 
-def inference_gpus():
-    return 1 if config.get("device", "cpu") == "cuda" else 0
-
-
-def stage_resources(stage, key, default):
-    return (config.get("launchers") or {}).get(stage, {}).get(key, default)
-
-
-def eval_targets(model, run):
-    return [
-        f"{RESULTS}/{model}/eval/{run}/{benchmark}.json" for benchmark in BENCHMARKS
-    ]
+def adapter_arg(wildcards, input):
+    return f"--adapter {input.run}/adapter" if "run" in input.keys() else ""
 
 
 def result_files(model, run):
@@ -335,10 +119,15 @@ def judge_benchmarks():
 
 
 def judge_score_files(model, run):
-    return {
+    files = {
         bench: f"{RESULTS}/{model}/judge/{run}/{bench}/score.json"
         for bench in judge_benchmarks()
     }
+    if "arena_hard" in files:
+        files["arena_hard_style_control"] = (
+            f"{RESULTS}/judge/arena_hard/style_control.json"
+        )
+    return files
 
 
 def not_run_reasons():
@@ -352,95 +141,35 @@ def not_run_reasons():
     return reasons
 
 
-def tables_manifest():
-    judge = config.get("judge") or {}
-    return {
-        "judge": judge.get("model"),
-        "table3": [
-            {
-                "model": model,
-                "model_label": model_label(model),
-                "method_label": label,
-                "run": run,
-                "results": result_files(model, run),
-            }
-            for model, label, run in TABLE3
-        ],
-        "table4": [
-            {
-                "model": model,
-                "variant": label,
-                "run": run,
-                "results": result_files(model, run),
-            }
-            for model, label, run in TABLE4
-        ],
-        "table5": [
-            {
-                "model": model,
-                "p": p,
-                "default": default,
-                "run": run,
-                "results": result_files(model, run),
-            }
-            for model, p, default, run in TABLE5
-        ],
-        "not_run": not_run_reasons(),
-    }
-
-
-def figures_manifest():
-    manifest = tables_manifest()
-    manifest["training_curves"] = [
-        {
-            "model": model,
-            "model_label": model_label(model),
-            "label": label.lstrip("+ ").replace(" (ours)", ""),
-            "metrics": f"{align_dir(model, run)}/metrics.jsonl",
-        }
-        for model, label, run in TABLE3
-        if run not in ("base", "sft")
-    ]
+def get_tables_manifest():
+    manifest = planner.table_manifest_rows(config, PLAN, result_files)
+    manifest["judge"] = (config.get("judge") or {}).get("model")
+    manifest["not_run"] = not_run_reasons()
     return manifest
 
 
-def manifest_inputs(manifest):
-    files = []
-    for table in ("table3", "table4", "table5"):
-        for row in manifest[table]:
-            files.extend(row["results"].values())
-    for curve in manifest.get("training_curves", []):
-        files.append(curve["metrics"].rsplit("/", 1)[0])
-    return sorted(set(files))
+def get_figures_manifest():
+    manifest = get_tables_manifest()
+    manifest["training_curves"] = planner.training_curves(config, PLAN)
+    return manifest
+
+
+def get_manifest_inputs(manifest):
+    return planner.manifest_inputs(manifest)
 
 
 def get_final_output():
-    outputs = [
-        f"{RESULTS}/tables/{name}.{ext}"
-        for name in ("table3", "table4", "table5")
-        for ext in ("csv", "md", "tex")
-    ]
-    outputs.append(f"{RESULTS}/figures")
-    return outputs
+    return planner.final_outputs()
 
 
 # ---------------------------------------------------------------- judge (MT-Bench, Arena-Hard)
 
 
-def judge_config_payload():
-    """What the judging jobs need to reach the judge: never the key itself, only its variable's name."""
-    judge = dict(config.get("judge") or {})
-    keep = (
-        "base_url",
-        "model",
-        "api_key_env",
-        "temperature",
-        "max_tokens",
-        "timeout_s",
-        "max_retries",
-        "parallel",
-    )
-    return {key: judge[key] for key in keep if key in judge}
+def judge_config_payload(benchmark):
+    """One benchmark's judge settings (prefopt.evaluation.judge.judge_settings): the key's variable name, never the key."""
+    from prefopt.evaluation.judge import judge_settings
+
+    return judge_settings(config["judge"], benchmark)
 
 
 def judge_baseline():
@@ -449,25 +178,23 @@ def judge_baseline():
 
 def questions_arg(benchmark):
     judge = config.get("judge") or {}
-    if benchmark == "arena_hard" and judge.get("arena_hard_questions"):
-        return f"--questions {judge['arena_hard_questions']}"
-    return ""
+    questions = (judge.get(benchmark) or {}).get("questions")
+    return f"--questions {questions}" if questions else ""
 
 
 def question_args(benchmark):
-    judge = config.get("judge") or {}
+    judge = config["judge"]
     args = [questions_arg(benchmark)]
-    if judge.get("question_limit"):
+    if judge["question_limit"]:
         args.append(f"--limit {judge['question_limit']}")
-    key = f"{benchmark}_max_new_tokens"
-    args.append(f"--max-new-tokens {judge.get(key, 1024)}")
+    args.append(f"--max-new-tokens {judge[benchmark]['max_new_tokens']}")
     return " ".join(args)
 
 
 def get_judge_inputs(wildcards):
     inputs = {
         "answers": f"{RESULTS}/{wildcards.model}/judge/{wildcards.run}/{wildcards.judged}/answers.jsonl",
-        "judge_config": f"{RESULTS}/judge/judge_config.json",
+        "judge_config": f"{RESULTS}/judge/{wildcards.judged}/judge_config.json",
     }
     if wildcards.judged == "arena_hard":
         inputs["baseline"] = f"{RESULTS}/judge/baseline/arena_hard/answers.jsonl"
@@ -476,3 +203,73 @@ def get_judge_inputs(wildcards):
 
 def baseline_arg(wildcards, input):
     return f"--baseline-answers {input.baseline}" if "baseline" in input.keys() else ""
+
+
+def get_style_control_inputs(wildcards):
+    """Every table row's Arena-Hard judgments and answers: style control fits them jointly, as upstream."""
+    rows = planner.table_manifest_rows(config, PLAN, lambda model, run: {})
+    runs = sorted(
+        {(row["model"], row["run"]) for table in rows.values() for row in table}
+    )
+    return {
+        "judgments": [
+            f"{RESULTS}/{m}/judge/{r}/arena_hard/judgments.jsonl" for m, r in runs
+        ],
+        "answers": [
+            f"{RESULTS}/{m}/judge/{r}/arena_hard/answers.jsonl" for m, r in runs
+        ],
+        "baseline": f"{RESULTS}/judge/baseline/arena_hard/answers.jsonl",
+    }
+
+
+# ---------------------------------------------------------------- job resources (prefopt/resources.py)
+# What each job asks the scheduler (SLURM, or Snakemake locally) for comes from the config alone;
+# profiles/slurm adds only cluster-wide choices (partition, account, status command).
+from prefopt import resources as job_requests
+
+# Jobs run this Snakemake's own Python and tools (`python`, `accelerate` in .venv/bin) with or
+# without an activated venv: locally, and in SLURM jobs, which inherit this environment
+# (sbatch --export=ALL) and run this file again with the same interpreter.
+_PYTHON_BIN = os.path.dirname(sys.executable)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != _PYTHON_BIN:
+    os.environ.update(PATH=os.pathsep.join([_PYTHON_BIN, os.environ.get("PATH", "")]))
+
+
+# A training stage's GPUs that contradict `device` stop the run with one line, as schema errors do.
+try:
+    job_requests.check_gpu_requests(config=config)
+except job_requests.ResourcesError as error:
+    sys.exit(f"config error: {error}")
+
+
+def get_job_threads(rule):
+    return job_requests.job_threads(config=config, rule=rule)
+
+
+def get_job_gpus(rule):
+    return job_requests.job_gpus(config=config, rule=rule)
+
+
+def get_job_resources(rule):
+    return job_requests.job_resources(config=config, rule=rule)
+
+
+# ---------------------------------------------------------------- split-time length checks (issue 8, part 5)
+
+
+def get_split_tokenizers(wildcards):
+    """The prepared base model of every enabled model: its tokenizer checks prompt lengths at the split."""
+    return [planner.base_model_dir(model) for model in planner.enabled_models(config)]
+
+
+def get_split_length_checks():
+    """`--length-check LABEL=DIR:MAX_PROMPT_LENGTH:MAX_LENGTH` for every enabled model's SFT and alignment."""
+    args = []
+    for model in planner.enabled_models(config):
+        for stage in ("sft", "align"):
+            settings = planner.training_settings(config, stage, model)
+            args.append(
+                f"--length-check {model}.{stage}={planner.base_model_dir(model)}:"
+                f"{settings['max_prompt_length']}:{settings['max_length']}"
+            )
+    return " ".join(args)

@@ -7,9 +7,12 @@ rule build_demo_data:
         "benchmarks/build_demo_data.tsv"
     conda:
         "../envs/data.yaml"
+    threads: get_job_threads("build_demo_data")
+    resources:
+        **get_job_resources("build_demo_data"),
     params:
-        n=config["data"].get("demo", {}).get("n", 800),
-        seed=config["data"].get("demo", {}).get("seed", 0),
+        n=config["data"]["demo"]["n"],
+        seed=config["data"]["demo"]["seed"],
     shell:
         "python workflow/scripts/build_demo_data.py --n {params.n} --seed {params.seed} "
         "--out {output.raw} > {log} 2>&1"
@@ -18,6 +21,7 @@ rule build_demo_data:
 rule split_data:
     input:
         unpack(get_split_input),
+        tokenizers=get_split_tokenizers,
     output:
         sft=f"{RESULTS}/data/split/sft.jsonl",
         pref=f"{RESULTS}/data/split/pref.jsonl",
@@ -28,17 +32,24 @@ rule split_data:
     benchmark:
         "benchmarks/split_data.tsv"
     conda:
-        "../envs/data.yaml"
+        "../envs/train.yaml"
+    threads: get_job_threads("split_data")
+    resources:
+        **get_job_resources("split_data"),
     params:
         source=split_source_args(),
-        sft_fraction=config["data"].get("sft_fraction", 0.33),
-        eval_size=config["data"].get("eval_size", 500),
-        seed=config["data"].get("seed", 0),
-        on_bad=config["data"].get("on_bad_rows", "drop"),
+        sft_fraction=config["data"]["sft_fraction"],
+        eval_size=config["data"]["eval_size"],
+        seed=config["data"]["seed"],
+        on_bad_rows=config["data"]["on_bad_rows"],
         limit=(
-            f"--limit {config['data']['limit']}" if config["data"].get("limit") else ""
+            f"--limit {config['data']['limit']}"
+            if config["data"]["limit"] is not None
+            else ""
         ),
+        length_checks=get_split_length_checks(),
     shell:
         "python workflow/scripts/split_data.py {params.source} "
         "--sft-fraction {params.sft_fraction} --eval-size {params.eval_size} --seed {params.seed} "
-        "--on-bad {params.on_bad} {params.limit} --out-dir $(dirname {output.manifest}) > {log} 2>&1"
+        "--on-bad-rows {params.on_bad_rows} {params.limit} {params.length_checks} "
+        "--out-dir $(dirname {output.manifest}) > {log} 2>&1"

@@ -11,19 +11,21 @@ rule evaluate:
         "benchmarks/evaluate/{model}/{run}/{benchmark}.tsv"
     conda:
         "../envs/eval.yaml"
-    threads: config.get("threads", 1)
+    threads: get_job_threads("evaluate")
+    resources:
+        **get_job_resources("evaluate"),
     params:
         adapter=adapter_arg,
         label="{model}/{run}",
-        batch_size=config["evaluation"].get("batch_size", 8),
-        max_new_tokens=config["evaluation"].get("max_new_tokens", 64),
-        max_length=lambda wildcards: training_settings("align", wildcards.model)[
+        batch_size=config["evaluation"]["batch_size"],
+        max_new_tokens=config["evaluation"]["max_new_tokens"],
+        max_length=lambda wildcards: get_training_settings("align")(wildcards)[
             "max_length"
         ],
-        max_prompt_length=lambda wildcards: training_settings(
-            "align", wildcards.model
-        )["max_prompt_length"],
-        precision=config.get("precision", "fp32"),
+        max_prompt_length=lambda wildcards: get_training_settings("align")(wildcards)[
+            "max_prompt_length"
+        ],
+        precision=config["precision"],
     shell:
         "python workflow/scripts/evaluate.py --model {input.model} {params.adapter} "
         "--eval {input.eval} --benchmark {wildcards.benchmark} --label {params.label} "

@@ -3,16 +3,18 @@
 
 rule judge_config:
     output:
-        judge_config=f"{RESULTS}/judge/judge_config.json",
+        judge_config=f"{RESULTS}/judge/{{judged}}/judge_config.json",
     log:
-        "logs/judge_config.log",
+        "logs/judge_config/{judged}.log",
     benchmark:
-        "benchmarks/judge_config.tsv"
+        "benchmarks/judge_config/{judged}.tsv"
     localrule: True
     conda:
         "../envs/data.yaml"
     params:
-        payload=json.dumps(judge_config_payload(), sort_keys=True),
+        payload=lambda wildcards: json.dumps(
+            judge_config_payload(wildcards.judged), sort_keys=True
+        ),
     shell:
         "python workflow/scripts/write_json.py --json {params.payload:q} --out {output.judge_config} > {log} 2>&1"
 
@@ -26,10 +28,13 @@ rule prepare_baseline_model:
         "benchmarks/prepare_baseline_model.tsv"
     conda:
         "../envs/train.yaml"
+    threads: get_job_threads("prepare_baseline_model")
+    resources:
+        **get_job_resources("prepare_baseline_model"),
     params:
         source=json.dumps(judge_baseline().get("source", {})),
         chat_template=judge_baseline().get("chat_template") or "none",
-        precision=config.get("precision", "fp32"),
+        precision=config["precision"],
     shell:
         "python workflow/scripts/prepare_model.py --source {params.source:q} "
         "--chat-template {params.chat_template} --precision {params.precision} "
@@ -47,14 +52,14 @@ rule baseline_answers:
         "benchmarks/baseline_answers.tsv"
     conda:
         "../envs/eval.yaml"
-    threads: config.get("threads", 1)
+    threads: get_job_threads("baseline_answers")
     resources:
-        gpu=inference_gpus(),
+        **get_job_resources("baseline_answers"),
     params:
         model_id=judge_baseline().get("name", "baseline"),
-        questions=question_args("arena_hard"),
-        batch_size=config["evaluation"].get("batch_size", 8),
-        precision=config.get("precision", "fp32"),
+        questions=lambda wildcards: question_args("arena_hard"),
+        batch_size=config["evaluation"]["batch_size"],
+        precision=config["precision"],
     shell:
         "python workflow/scripts/generate_answers.py --model {input.model} "
         "--benchmark arena_hard --model-id {params.model_id} {params.questions} "
@@ -73,15 +78,15 @@ rule generate_answers:
         "benchmarks/generate_answers/{model}/{run}/{judged}.tsv"
     conda:
         "../envs/eval.yaml"
-    threads: config.get("threads", 1)
+    threads: get_job_threads("generate_answers")
     resources:
-        gpu=inference_gpus(),
+        **get_job_resources("generate_answers"),
     params:
         adapter=adapter_arg,
         model_id="{model}-{run}",
         questions=lambda wildcards: question_args(wildcards.judged),
-        batch_size=config["evaluation"].get("batch_size", 8),
-        precision=config.get("precision", "fp32"),
+        batch_size=config["evaluation"]["batch_size"],
+        precision=config["precision"],
     shell:
         "python workflow/scripts/generate_answers.py --model {input.model} {params.adapter} "
         "--benchmark {wildcards.judged} --model-id {params.model_id} {params.questions} "
@@ -100,11 +105,14 @@ rule judge_answers:
         "benchmarks/judge_answers/{model}/{run}/{judged}.tsv"
     conda:
         "../envs/eval.yaml"
+    threads: get_job_threads("judge_answers")
+    resources:
+        **get_job_resources("judge_answers"),
     params:
         model_id="{model}-{run}",
         baseline=baseline_arg,
         questions=lambda wildcards: questions_arg(wildcards.judged),
-        cache=f"{CHECKPOINTS}/judge_cache/{{model}}/{{run}}/{{judged}}.jsonl",
+        cache=f"{CHECKPOINTS}/judge_cache/{{judged}}.jsonl",
     shell:
         "python workflow/scripts/judge_answers.py --benchmark {wildcards.judged} "
         "--answers {input.answers} --model-id {params.model_id} {params.baseline} {params.questions} "
@@ -125,9 +133,31 @@ rule score_judgments:
     conda:
         "../envs/eval.yaml"
     params:
-        seed=config.get("seed", 0),
-        n_bootstrap=(config.get("judge") or {}).get("n_bootstrap", 100),
+        seed=config["seed"],
+        n_bootstrap=lambda wildcards: config["judge"]["arena_hard"]["n_bootstrap"],
     shell:
         "python workflow/scripts/score_judgments.py --benchmark {wildcards.judged} "
         "--judgments {input.judgments} --seed {params.seed} --n-bootstrap {params.n_bootstrap} "
         "--out {output.score} > {log} 2>&1"
+
+
+rule arena_hard_style_control:
+    input:
+        unpack(get_style_control_inputs),
+    output:
+        score=f"{RESULTS}/judge/arena_hard/style_control.json",
+    log:
+        "logs/arena_hard_style_control.log",
+    benchmark:
+        "benchmarks/arena_hard_style_control.tsv"
+    localrule: True
+    conda:
+        "../envs/eval.yaml"
+    params:
+        seed=config["seed"],
+        n_bootstrap=lambda wildcards: config["judge"]["arena_hard"]["n_bootstrap"],
+    shell:
+        "python workflow/scripts/score_judgments.py --benchmark arena_hard_style_control "
+        "--judgments {input.judgments} --answers {input.answers} "
+        "--baseline-answers {input.baseline} --seed {params.seed} "
+        "--n-bootstrap {params.n_bootstrap} --out {output.score} > {log} 2>&1"

@@ -9,7 +9,7 @@ rule tables_manifest:
     conda:
         "../envs/data.yaml"
     params:
-        payload=json.dumps(tables_manifest(), sort_keys=True),
+        payload=json.dumps(get_tables_manifest(), sort_keys=True),
     shell:
         "python workflow/scripts/write_json.py --json {params.payload:q} --out {output.manifest} > {log} 2>&1"
 
@@ -17,7 +17,7 @@ rule tables_manifest:
 rule tables:
     input:
         manifest=f"{RESULTS}/tables/manifest.json",
-        results=manifest_inputs(tables_manifest()),
+        results=get_manifest_inputs(get_tables_manifest()),
     output:
         report(
             multiext(f"{RESULTS}/tables/table3", ".csv", ".md", ".tex"),
@@ -32,6 +32,11 @@ rule tables:
         report(
             multiext(f"{RESULTS}/tables/table5", ".csv", ".md", ".tex"),
             caption="../docs/report/table5.rst",
+            category="Tables",
+        ),
+        report(
+            multiext(f"{RESULTS}/tables/comparisons", ".csv", ".md"),
+            caption="../docs/report/comparisons.rst",
             category="Tables",
         ),
     log:
@@ -57,7 +62,7 @@ rule figures_manifest:
     conda:
         "../envs/data.yaml"
     params:
-        payload=json.dumps(figures_manifest(), sort_keys=True),
+        payload=json.dumps(get_figures_manifest(), sort_keys=True),
     shell:
         "python workflow/scripts/write_json.py --json {params.payload:q} --out {output.manifest} > {log} 2>&1"
 
@@ -65,7 +70,7 @@ rule figures_manifest:
 rule figures:
     input:
         manifest=f"{RESULTS}/figures_manifest.json",
-        results=manifest_inputs(figures_manifest()),
+        results=get_manifest_inputs(get_figures_manifest()),
     output:
         figures=report(
             directory(f"{RESULTS}/figures"),

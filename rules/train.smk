@@ -7,13 +7,16 @@ rule prepare_model:
         "benchmarks/prepare_model/{model}.tsv"
     conda:
         "../envs/train.yaml"
+    threads: get_job_threads("prepare_model")
+    resources:
+        **get_job_resources("prepare_model"),
     params:
         source=lambda wildcards: json.dumps(config["models"][wildcards.model]["source"]),
-        chat_template=lambda wildcards: config["models"][wildcards.model].get(
+        chat_template=lambda wildcards: config["models"][wildcards.model][
             "chat_template"
-        )
+        ]
         or "none",
-        precision=config.get("precision", "fp32"),
+        precision=config["precision"],
     shell:
         "python workflow/scripts/prepare_model.py --source {params.source:q} "
         "--chat-template {params.chat_template} --precision {params.precision} "
@@ -49,22 +52,22 @@ rule sft:
         "benchmarks/sft/{model}.tsv"
     conda:
         "../envs/train.yaml"
-    threads: stage_threads("sft")
+    threads: get_job_threads("sft")
     resources:
-        gpu=stage_resources("sft", "gpus", 0),
-        mem_mb=stage_resources("sft", "mem_mb", 8000),
-        runtime=stage_resources("sft", "runtime_min", 120),
+        **get_job_resources("sft"),
     params:
-        launch=launch_command("sft"),
-        checkpoints=f"{CHECKPOINTS}/{{model}}/sft",
+        launch=get_launch("sft"),
+        gpus=get_job_gpus("sft"),
+        checkpoints=get_checkpoint_dir,
     shell:
         "{params.launch} workflow/scripts/sft.py --run-config {input.run_config} "
         "--model {input.model} --train {input.train} --out {output.model} "
-        "--checkpoint-dir {params.checkpoints} --threads {threads} --require-gpus {resources.gpu} > {log} 2>&1"
+        "--checkpoint-dir {params.checkpoints} --threads {threads} --require-gpus {params.gpus} > {log} 2>&1"
 
 
 rule align:
     input:
+        unpack(get_probe_input),
         model=f"{RESULTS}/{{model}}/sft",
         train=f"{RESULTS}/data/split/pref.jsonl",
         run_config=f"{RESULTS}/{{model}}/runs/{{run}}.json",
@@ -76,15 +79,15 @@ rule align:
         "benchmarks/align/{model}/{run}.tsv"
     conda:
         "../envs/train.yaml"
-    threads: stage_threads("align")
+    threads: get_job_threads("align")
     resources:
-        gpu=stage_resources("align", "gpus", 0),
-        mem_mb=stage_resources("align", "mem_mb", 8000),
-        runtime=stage_resources("align", "runtime_min", 120),
+        **get_job_resources("align"),
     params:
-        launch=launch_command("align"),
-        checkpoints=f"{CHECKPOINTS}/{{model}}/{{run}}",
+        launch=get_launch("align"),
+        gpus=get_job_gpus("align"),
+        checkpoints=get_checkpoint_dir,
+        probes=get_probe_arg,
     shell:
         "{params.launch} workflow/scripts/align.py --run-config {input.run_config} "
-        "--model {input.model} --train {input.train} --out {output.run} "
-        "--checkpoint-dir {params.checkpoints} --threads {threads} --require-gpus {resources.gpu} > {log} 2>&1"
+        "--model {input.model} --train {input.train} {params.probes} --out {output.run} "
+        "--checkpoint-dir {params.checkpoints} --threads {threads} --require-gpus {params.gpus} > {log} 2>&1"

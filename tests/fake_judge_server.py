@@ -224,10 +224,10 @@ FAKE_KEY_ENV = "PREFOPT_TEST_JUDGE_KEY"
 
 
 def judge_config(server: FakeJudgeServer, **overrides) -> dict:
-    """A judge config for the fake server: fast backoff, small timeouts, the fake key's variable."""
+    """A judge config for the fake server: small timeouts, the fake key's variable."""
     config = {"base_url": server.base_url, "model": "fake-judge-1", "api_key_env": FAKE_KEY_ENV,
               "temperature": 0, "max_tokens": 256, "timeout_s": 10, "max_retries": 3, "parallel": 2,
-              "parse_retries": 2, "backoff_base_s": 0.01, "backoff_max_s": 0.05}
+              "parse_retries": 0}
     config.update(overrides)
     return config
 

@@ -47,11 +47,14 @@ def test_questions_from_a_path_or_folder():
 @pytest.mark.parametrize("text, label", [
     ("My final verdict is tie: [[A=B]]", "A=B"),
     ("Assistant B is significantly better: [[B>>A]]", "B>>A"),
-    ("[[A>B]] ... to repeat, [[A>B]]", "A>B"),  # the same label twice is still unique
-    ("Between [[A>B]] and [[B>A]] I pick [[B>A]]", None),  # two distinct labels: ambiguous
+    ("[[A>B]] ... to repeat, [[A>B]]", "A>B"),
+    ("Between [[A>B]] and [[B>A]] I pick [[B>A]]", "B>A"),  # v2: the last match wins
+    ("At first [[B>>A]], but on reflection [[A=B]]", "A=B"),
+    ("my final verdict is [[b>a]]", "B>A"),  # matched on the upper-cased text
+    ("Final verdict: [A>B]", "A>B"),  # single brackets: the second pattern
+    ("[[A=B]] and then [B>A]", "A=B"),  # the double-bracket pattern is tried first
     ("My verdict: A is better", None),
-    ("[[AB]]", None),  # matches the pattern but is no label
-    ("[A>B]", None),  # single brackets are not the pattern
+    ("[[AB]]", None),  # matches the pattern but is no label (upstream: a KeyError when scoring)
 ])
 def test_parse_verdict_as_arena_hard_auto(text, label):
     assert arena_hard.parse_verdict(text) == label
@@ -208,7 +211,7 @@ def test_answers_to_judgments_to_scores(tmp_path, questions):
         judged = run_script("judge_answers.py", "--benchmark", "arena_hard", "--answers", model_answers,
                             "--baseline-answers", baseline_answers, "--model-id", "slime", "--questions",
                             questions_path, "--judge-config", config_path, "--cache", cache, "--out", judgments)
-        assert server.request_count == 12 + 2  # 6 questions x 2 games, + 2 re-asks of the broken game
+        assert server.request_count == 12  # 6 questions x 2 games; parse_retries 0: no re-asks
     rows = {r["uid"]: r for r in map(json.loads, judgments.read_text().splitlines())}
     assert len(rows) == 6 and rows[broken_uid]["games"][1]["score"] is None
     first_hard = rows[hard[0]["uid"]]
@@ -242,7 +245,7 @@ def test_generate_answers_on_the_tiny_model_and_judge_them(tiny_model_dir, tmp_p
         assert record["model"] == "tiny-model"
         assert record["messages"][0] == {"role": "user", "content": question["prompt"]}
         assert record["messages"][1]["role"] == "assistant" and isinstance(record["messages"][1]["content"]["answer"], str)
-        assert 0 <= record["metadata"]["token_len"] <= 8
+        assert record["metadata"] == arena_hard.answer_metadata(record["messages"][1]["content"]["answer"])
 
     baseline = tmp_path / "baseline.jsonl"
     write_answers(baseline, [answer(q["uid"], "baseline says hi", "gemma-3-4b-it") for q in questions[:2]])
@@ -253,6 +256,7 @@ def test_generate_answers_on_the_tiny_model_and_judge_them(tiny_model_dir, tmp_p
                    "--model-id", "tiny-model", "--judge-config", config_path, "--cache", tmp_path / "cache.jsonl",
                    "--out", judgments)
         assert server.request_count == 4
-    run_script("score_judgments.py", "--benchmark", "arena_hard", "--judgments", judgments, "--out", score)
+    run_script("score_judgments.py", "--benchmark", "arena_hard", "--judgments", judgments, "--out", score,
+               "--seed", "0", "--n-bootstrap", "20")
     result = json.loads(score.read_text())
     assert (result["score"], result["ci_low"], result["ci_high"]) == (50.0, 0.0, 0.0)

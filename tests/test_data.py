@@ -12,11 +12,13 @@ import pytest
 
 from prefopt.data import (
     REQUIRED_FIELDS,
+    LengthCheck,
     chosen_text,
     content_hash,
     load_ultrafeedback,
     prompt_messages,
     read_jsonl,
+    read_rows,
     rejected_text,
     rows_to_pairs,
     rows_to_sft,
@@ -29,9 +31,9 @@ from prefopt.demo_data import build_demo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "tests" / "data" / "ultrafeedback_sample.jsonl"
-# Bad rows planted in the sample file, by index.
-SAMPLE_BAD = {3: "missing_field", 8: "empty_response", 15: "identical_responses",
-              19: "last_not_assistant", 23: "prompt_mismatch", 28: "wrong_type"}
+# Bad rows planted in the sample file, by line (1-based; the file has no blank lines).
+SAMPLE_BAD = {4: "missing_field", 9: "empty_response", 16: "identical_responses",
+              20: "last_not_assistant", 24: "prompt_mismatch", 29: "wrong_type"}
 
 
 def make_row(index: int, prompt: str = None, chosen: str = "good answer", rejected: str = "bad answer") -> dict:
@@ -44,26 +46,16 @@ def make_row(index: int, prompt: str = None, chosen: str = "good answer", reject
 
 
 def good_sample_rows() -> list[dict]:
-    return [row for index, row in enumerate(load_ultrafeedback(str(SAMPLE))) if index not in SAMPLE_BAD]
+    return [row for index, row in enumerate(load_ultrafeedback(str(SAMPLE))) if index + 1 not in SAMPLE_BAD]
 
 
 # --- I/O ---------------------------------------------------------------------------------------
 
 
-def test_jsonl_round_trip_is_atomic_and_keeps_unicode(tmp_path):
-    rows = [make_row(0, prompt="Translate 'buenos días' ✓"), make_row(1)]
-    path = tmp_path / "deep" / "rows.jsonl"
-    write_jsonl(path, rows)
-    assert read_jsonl(path) == rows
-    assert "buenos días' ✓" in path.read_text(encoding="utf-8")  # not \u-escaped
-    assert [p.name for p in path.parent.iterdir()] == ["rows.jsonl"]  # no temporary file left
+def test_json_lines_helpers_are_prefopt_io():
+    import prefopt.io
 
-
-def test_read_jsonl_names_the_bad_line(tmp_path):
-    path = tmp_path / "broken.jsonl"
-    path.write_text('{"a": 1}\n\n{"a": \n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"broken.jsonl:3: invalid JSON"):
-        read_jsonl(path)
+    assert (read_jsonl, write_jsonl) == (prefopt.io.read_jsonl, prefopt.io.write_jsonl)  # tests/test_io.py
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -82,7 +74,7 @@ def test_load_parquet_and_json_variants(tmp_path):
     import pyarrow.parquet as pq
 
     raw = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines()]
-    raw_good = [row for index, row in enumerate(raw) if index not in SAMPLE_BAD]
+    raw_good = [row for index, row in enumerate(raw) if index + 1 not in SAMPLE_BAD]
     assert all("messages" in row for row in raw_good)
     expected = good_sample_rows()
 
@@ -105,7 +97,7 @@ def test_load_saved_datasets_and_hub_layout_folder(tmp_path):
     import pyarrow.parquet as pq
 
     raw = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines()]
-    raw_good = [row for index, row in enumerate(raw) if index not in SAMPLE_BAD]
+    raw_good = [row for index, row in enumerate(raw) if index + 1 not in SAMPLE_BAD]
     expected = good_sample_rows()
 
     dataset_dict = datasets.DatasetDict({"train_prefs": datasets.Dataset.from_list(raw_good[:20]),
@@ -171,41 +163,93 @@ BAD_ROW_KINDS = {
 
 @pytest.mark.parametrize("reason", sorted(BAD_ROW_KINDS))
 @pytest.mark.parametrize("on_bad", ["error", "drop"])
-def test_each_bad_row_kind_is_reported_by_index(reason, on_bad):
+def test_each_bad_row_kind_is_reported_by_its_1_based_row(reason, on_bad):
     rows = [make_row(index) for index in range(6)]
     rows[4] = BAD_ROW_KINDS[reason](copy.deepcopy(rows[4]))
     if on_bad == "error":
-        with pytest.raises(ValueError, match=rf"1 of 6 rows are bad .*row 4 \(prompt_id=(id-4|None)\): {reason}"):
+        with pytest.raises(ValueError, match=rf"^1 of 6 rows are bad \(1 {reason}\): row 5: {reason}: .*; "
+                                             r"fix them or set data.on_bad_rows: drop$"):
             validate_rows(rows, on_bad="error")
         return
     good, report = validate_rows(rows, on_bad="drop")
     assert good == rows[:4] + rows[5:]
     assert (report["total"], report["good"], report["bad"], report["dropped"]) == (6, 5, 1, 1)
-    assert report["counts"] == {reason: 1}
+    assert report["counts"] == {reason: 1} and report["on_bad_rows"] == "drop"
     [bad] = report["bad_rows"]
-    assert (bad["index"], bad["reason"]) == (4, reason)
+    assert (bad["location"], bad["reason"]) == ("row 5", reason)
     assert bad["prompt_id"] == ("id-4" if reason not in ("not_a_mapping", "wrong_type") else None)
     assert bad["detail"]
 
 
 def test_sample_file_bad_rows_in_both_modes():
     rows = load_ultrafeedback(str(SAMPLE))
+    loaded = read_rows(str(SAMPLE))
+    assert loaded.rows == rows and loaded.locations == [f"{SAMPLE}:{line}" for line in range(1, 32)]
     with pytest.raises(ValueError) as raised:
-        validate_rows(rows)
-    for index, reason in SAMPLE_BAD.items():
-        assert f"row {index} " in str(raised.value) and reason in str(raised.value)
-    good, report = validate_rows(rows, on_bad="drop")
+        validate_rows(rows, locations=loaded.locations)
+    for line, reason in SAMPLE_BAD.items():
+        assert f"{SAMPLE}:{line}: {reason}: " in str(raised.value)
+    good, report = validate_rows(rows, locations=loaded.locations, on_bad="drop")
     assert len(good) == 25 and report["dropped"] == 6
-    assert {bad["index"]: bad["reason"] for bad in report["bad_rows"]} == SAMPLE_BAD
+    assert {bad["location"]: bad["reason"] for bad in report["bad_rows"]} == {
+        f"{SAMPLE}:{line}": reason for line, reason in SAMPLE_BAD.items()}
     assert all(bad["prompt_id"] for bad in report["bad_rows"])
+
+
+def test_unparseable_lines_follow_on_bad_rows_with_file_and_line(tmp_path):
+    path = tmp_path / "raw.jsonl"
+    rows = [make_row(index) for index in range(4)]
+    del rows[3]["score_rejected"]
+    lines = [json.dumps(row) for row in rows]
+    lines.insert(2, '{"prompt_id": "id-x", "prompt": ')  # line 4 (after a blank line 3): cut short
+    path.write_text("\n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:]) + "\n")  # line 3 is blank
+    loaded = read_rows(str(path))
+    assert loaded.locations == [f"{path}:1", f"{path}:2", f"{path}:5", f"{path}:6"]
+    kwargs = {"locations": loaded.locations, "unparseable": loaded.unparseable}
+    with pytest.raises(ValueError) as raised:
+        validate_rows(loaded.rows, **kwargs, on_bad="error")
+    assert str(raised.value) == (
+        f"2 of 5 rows are bad (1 invalid_json, 1 missing_field): "
+        f"{path}:4: invalid_json: not JSON: Expecting value: line 1 column 33 (char 32); "
+        f"{path}:6: missing_field: missing 'score_rejected'; fix them or set data.on_bad_rows: drop")
+    good, report = validate_rows(loaded.rows, **kwargs, on_bad="drop")
+    assert good == rows[:3]
+    assert (report["total"], report["good"], report["dropped"]) == (5, 3, 2)
+    assert [(bad["location"], bad["reason"]) for bad in report["bad_rows"]] == [
+        (f"{path}:4", "invalid_json"), (f"{path}:6", "missing_field")]
+    with pytest.raises(ValueError, match=rf"^{path}:4: not JSON: Expecting value"):
+        load_ultrafeedback(str(path))  # the strict loader
+
+    path.write_text(json.dumps(rows[3]) + "\nnot json\n" + json.dumps(rows[0]) + "\n")  # bad row, then bad line
+    loaded = read_rows(str(path))
+    _, report = validate_rows(loaded.rows, locations=loaded.locations, unparseable=loaded.unparseable, on_bad="drop")
+    assert [bad["location"] for bad in report["bad_rows"]] == [f"{path}:1", f"{path}:2"]  # file order
+
+
+def test_rows_of_other_sources_are_numbered_from_1(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [make_row(index) for index in range(3)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "train.parquet")
+    assert read_rows(str(tmp_path / "train.parquet")).locations == [f"{tmp_path}/train.parquet:{n}" for n in (1, 2, 3)]
+    (tmp_path / "by_split.json").write_text(json.dumps({"test_prefs": rows[:2]}))
+    assert read_rows(str(tmp_path / "by_split.json"), split="test_prefs").locations == [
+        f"{tmp_path}/by_split.json[test_prefs]:{n}" for n in (1, 2)]
 
 
 def test_error_message_lists_only_the_first_few():
     rows = [make_row(index, chosen="same", rejected="same") for index in range(25)]
-    with pytest.raises(ValueError, match=r"25 of 25 rows are bad .*row 9 .*and 15 more"):
+    with pytest.raises(ValueError, match=r"^25 of 25 rows are bad \(25 identical_responses\): row 1: .*row 10: .*"
+                                         r"; \.\.\. and 15 more; fix them or set data.on_bad_rows: drop$"):
         validate_rows(rows)
-    with pytest.raises(ValueError, match="on_bad"):
+    with pytest.raises(ValueError, match=r"^data.on_bad_rows must be 'error' or 'drop', got 'ignore'$"):
         validate_rows(rows, on_bad="ignore")
+
+
+def prompt_lengths(tokenizer, rows):
+    return [len(tokenizer(tokenizer.apply_chat_template(prompt_messages(row), tokenize=False, add_generation_prompt=True),
+                          add_special_tokens=False)["input_ids"]) for row in rows]
 
 
 def test_prompt_length_check_with_the_real_tokenizer(tokenizer_dir):
@@ -213,23 +257,37 @@ def test_prompt_length_check_with_the_real_tokenizer(tokenizer_dir):
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     rows = [make_row(index, prompt="word " * (5 * index + 1), chosen="ok " * (20 * index + 1)) for index in range(6)]
-    lengths = [len(tokenizer(tokenizer.apply_chat_template(prompt_messages(row), tokenize=False, add_generation_prompt=True),
-                             add_special_tokens=False)["input_ids"]) for row in rows]
+    lengths = prompt_lengths(tokenizer, rows)
     assert lengths == sorted(lengths) and len(set(lengths)) == 6
-    limit = lengths[3]  # rows 4 and 5 are longer
+    limit = lengths[3]  # rows 5 and 6 (1-based) are longer
     good, report = validate_rows(rows, tokenizer=tokenizer, max_prompt_length=limit, on_bad="drop")
-    assert [bad["index"] for bad in report["bad_rows"]] == [4, 5]
+    assert [bad["location"] for bad in report["bad_rows"]] == ["row 5", "row 6"]
     assert report["counts"] == {"prompt_too_long": 2}
-    assert str(lengths[4]) in report["bad_rows"][0]["detail"]
-    with pytest.raises(ValueError, match=r"row 4 \(prompt_id=id-4\): prompt_too_long"):
+    assert report["bad_rows"][0]["detail"] == f"prompt has {lengths[4]} tokens > max_prompt_length {limit}"
+    with pytest.raises(ValueError, match=r"row 5: prompt_too_long: "):
         validate_rows(rows, tokenizer=tokenizer, max_prompt_length=limit)
 
     # max_length: a prompt that fills it is bad; long responses are only counted (the trainer truncates).
     good, report = validate_rows(rows, tokenizer=tokenizer, max_length=lengths[5], on_bad="drop")
-    assert [bad["index"] for bad in report["bad_rows"]] == [5]
-    assert len(good) == 5 and report["truncated_responses"] >= 1
+    assert [bad["location"] for bad in report["bad_rows"]] == ["row 6"]
+    assert report["bad_rows"][0]["detail"] == f"prompt has {lengths[5]} tokens, no room within max_length {lengths[5]}"
+    assert len(good) == 5 and report["truncated_responses"]["training"] >= 1
     good, report = validate_rows(rows, tokenizer=tokenizer, max_prompt_length=10_000, max_length=10_000)
-    assert report["bad"] == 0 and report["truncated_responses"] == 0
+    assert report["bad"] == 0 and report["truncated_responses"] == {"training": 0}
+
+
+def test_labelled_length_checks_name_the_stage(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    rows = [make_row(index, prompt="word " * (5 * index + 1)) for index in range(6)]
+    lengths = prompt_lengths(tokenizer, rows)
+    checks = [LengthCheck("a.sft", tokenizer, 10_000, 10_001), LengthCheck("a.align", tokenizer, lengths[4], 10_000)]
+    good, report = validate_rows(rows, length_checks=checks, on_bad="drop")
+    assert [(bad["location"], bad["detail"]) for bad in report["bad_rows"]] == [
+        ("row 6", f"prompt has {lengths[5]} tokens > max_prompt_length {lengths[4]} (a.align)")]
+    assert [check["label"] for check in report["checks"]] == ["a.sft", "a.align"]
+    assert set(report["truncated_responses"]) == {"a.sft", "a.align"}
 
 
 def test_template_error_is_reported(tokenizer_dir):
@@ -244,7 +302,7 @@ def test_template_error_is_reported(tokenizer_dir):
     for key in ("chosen", "rejected"):
         rows[1][key].insert(0, {"role": "system", "content": "be brief"})
     _, report = validate_rows(rows, tokenizer=tokenizer, max_prompt_length=100, on_bad="drop")
-    assert [(bad["index"], bad["reason"]) for bad in report["bad_rows"]] == [(1, "template_error")]
+    assert [(bad["location"], bad["reason"]) for bad in report["bad_rows"]] == [("row 2", "template_error")]
     assert "no system role" in report["bad_rows"][0]["detail"]
 
 
@@ -338,7 +396,7 @@ def test_demo_scripts_end_to_end_are_byte_reproducible(tmp_path):
 
     for out in ("split_a", "split_b"):
         result = run_script("split_data.py", "--source", "demo", "--input", tmp_path / "raw_a.jsonl", "--sft-fraction", 0.33,
-                            "--eval-size", 8, "--seed", 0, "--on-bad", "error", "--out-dir", tmp_path / out)
+                            "--eval-size", 8, "--seed", 0, "--on-bad-rows", "error", "--out-dir", tmp_path / out)
         assert result.returncode == 0, result.stderr
     for name in ("sft.jsonl", "pref.jsonl", "eval.jsonl", "split.json"):
         assert (tmp_path / "split_a" / name).read_bytes() == (tmp_path / "split_b" / name).read_bytes(), name
@@ -349,21 +407,62 @@ def test_demo_scripts_end_to_end_are_byte_reproducible(tmp_path):
     assert info["validation"]["bad"] == 0
 
 
+def error_line(stderr: str) -> str:
+    """The message of the script's ERROR log line (after the logging prefix)."""
+    [line] = [line for line in stderr.splitlines() if " ERROR split_data: " in line]
+    return line.split(" ERROR split_data: ", 1)[1]
+
+
 def test_split_script_on_ultrafeedback_sample_error_and_drop(tmp_path):
     common = ("--source", "ultrafeedback", "--input", SAMPLE, "--hf-split", "train_prefs", "--eval-size", 4, "--seed", 0)
-    failed = run_script("split_data.py", *common, "--on-bad", "error", "--out-dir", tmp_path / "failed")
+    failed = run_script("split_data.py", *common, "--on-bad-rows", "error", "--out-dir", tmp_path / "failed")
     assert failed.returncode == 1
-    assert "row 3 " in failed.stderr and "missing_field" in failed.stderr and "row 28 " in failed.stderr
+    message = error_line(failed.stderr)
+    assert message.startswith("6 of 31 rows are bad (1 empty_response, 1 identical_responses, 1 last_not_assistant, "
+                              "1 missing_field, 1 prompt_mismatch, 1 wrong_type): "
+                              f"{SAMPLE}:4: missing_field: missing 'rejected'; {SAMPLE}:9: empty_response: ")
+    assert message.endswith("; fix them or set data.on_bad_rows: drop")
     assert not (tmp_path / "failed" / "split.json").exists()
 
-    result = run_script("split_data.py", *common, "--on-bad", "drop", "--limit", 20, "--out-dir", tmp_path / "dropped")
+    result = run_script("split_data.py", *common, "--on-bad-rows", "drop", "--limit", 20, "--out-dir", tmp_path / "dropped")
     assert result.returncode == 0, result.stderr
+    assert "data.on_bad_rows: drop: dropped 6 of 31 rows" in result.stderr
     info = json.loads((tmp_path / "dropped" / "split.json").read_text())
     assert info["validation"]["dropped"] == 6
-    assert {bad["index"]: bad["reason"] for bad in info["validation"]["bad_rows"]} == SAMPLE_BAD
+    assert {bad["location"]: bad["reason"] for bad in info["validation"]["bad_rows"]} == {
+        f"{SAMPLE}:{line}": reason for line, reason in SAMPLE_BAD.items()}
     assert info["manifest"]["settings"]["limit"] == 20
     sizes = info["manifest"]["sizes"]
     assert sizes["eval"] == 4 and sizes["sft"] + sizes["pref"] == 16
     written = [row for name in ("sft", "pref", "eval") for row in read_jsonl(tmp_path / "dropped" / f"{name}.jsonl")]
     assert len({row["prompt_id"] for row in written}) == 20
     assert all("messages" not in row for row in written)
+
+
+def test_split_script_checks_prompt_lengths_and_bad_lines_before_training(tmp_path, tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    rows = build_demo_dataset(40, seed=0)
+    long_row = make_row(99, prompt="word " * 300)
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text("".join(json.dumps(row) + "\n" for row in rows[:16]) + "not json\n"
+                   + "".join(json.dumps(row) + "\n" for row in [long_row] + rows[16:]))
+    length = prompt_lengths(AutoTokenizer.from_pretrained(tokenizer_dir), [long_row])[0]
+    common = ("--source", "demo", "--input", raw, "--eval-size", 4, "--seed", 0,
+              "--length-check", f"tiny.sft={tokenizer_dir}:1000:2000", "--length-check", f"tiny.align={tokenizer_dir}:96:160")
+
+    failed = run_script("split_data.py", *common, "--on-bad-rows", "error", "--out-dir", tmp_path / "failed")
+    assert failed.returncode == 1
+    assert error_line(failed.stderr) == (
+        f"2 of 42 rows are bad (1 invalid_json, 1 prompt_too_long): "
+        f"{raw}:17: invalid_json: not JSON: Expecting value: line 1 column 1 (char 0); "
+        f"{raw}:18: prompt_too_long: prompt has {length} tokens > max_prompt_length 96 (tiny.align); "
+        "fix them or set data.on_bad_rows: drop")
+
+    result = run_script("split_data.py", *common, "--on-bad-rows", "drop", "--out-dir", tmp_path / "dropped")
+    assert result.returncode == 0, result.stderr
+    info = json.loads((tmp_path / "dropped" / "split.json").read_text())
+    assert [(bad["location"], bad["reason"]) for bad in info["validation"]["bad_rows"]] == [
+        (f"{raw}:17", "invalid_json"), (f"{raw}:18", "prompt_too_long")]
+    assert sum(info["manifest"]["sizes"].values()) == 40
+    assert [check["label"] for check in info["manifest"]["settings"]["length_checks"]] == ["tiny.sft", "tiny.align"]

@@ -1,8 +1,8 @@
 """Multi-process alignment jobs on CPU: DDP over gloo and DeepSpeed ZeRO-2, launched exactly as the Snakemake rule does.
 
 Every job is `workflow/scripts/align.py` on the tiny 2-layer Llama with LoRA r=4, 4 demo rows and 3 optimizer
-steps. The launcher prefix comes from `launch_command` in rules/common.smk itself (read out of the file and
-run with a CPU config), so a change there that breaks multi-process training fails here. Each launch takes
+steps. The launcher prefix comes from `prefopt.plan.launch_command`, which the align rule uses, run on a CPU
+config, so a change there that breaks multi-process training fails here. Each launch takes
 a free rendezvous port (workflow/scripts/free_port.py), so this file can run alongside other jobs.
 
 With 4 rows and a global batch of 4 (1 process x 4, or 2 processes x 2), every optimizer step sees the whole
@@ -27,8 +27,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from prefopt import plan
 from prefopt.data import write_jsonl
 from prefopt.demo_data import build_demo_dataset
+from run_configs import complete_run_config, experiment_config
 
 pytestmark = pytest.mark.slow
 
@@ -46,15 +48,9 @@ LAUNCH_TIMEOUT_S = 600  # the first ZeRO-2 launch JIT-builds DeepSpeed's shm op 
 
 
 def rule_launch_command(kind: str, num_processes: int = 2) -> str:
-    """The prefix rules/common.smk's `launch_command("align")` gives for launcher `kind` on a CPU config."""
-    source = (REPO / "rules" / "common.smk").read_text()
-    match = re.search(r"^def launch_command\(.*?(?=^\S)", source, flags=re.MULTILINE | re.DOTALL)
-    assert match, "rules/common.smk no longer defines launch_command(stage) as a plain function"
-    config = {"device": "cpu", "precision": "fp32",
-              "launchers": {"align": {"type": kind, "num_processes": num_processes}}}
-    namespace = {"config": config, "REPO": str(REPO)}
-    exec(match.group(0), namespace)  # noqa: S102 - the repository's own helper, run on a fixed config
-    return namespace["launch_command"]("align")
+    """The prefix the align rule gets for launcher `kind` on a CPU config (prefopt.plan.launch_command)."""
+    config = experiment_config(launchers={"align": {"type": kind, "num_processes": num_processes}})
+    return plan.launch_command(config, "align", str(REPO))
 
 
 @dataclasses.dataclass
@@ -101,7 +97,9 @@ def run_align(launcher: str, run_config: dict, model_dir: str, workdir: Path, na
     command = prefix + " " + " ".join(shlex.quote(str(argument)) for argument in arguments)
     env = {key: value for key, value in os.environ.items()
            if key not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    # Keep the published job's checkpoints (marked published, never resumed) to inspect per-rank state.
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               PREFOPT_KEEP_CHECKPOINTS="1")
     started = time.monotonic()
     result = subprocess.run(["bash", "-c", command], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=LAUNCH_TIMEOUT_S)
@@ -110,15 +108,15 @@ def run_align(launcher: str, run_config: dict, model_dir: str, workdir: Path, na
 
 
 def make_run_config(method: str, per_device_batch: int, **training) -> dict:
-    return {
-        "method": method,
-        "training": {
-            "learning_rate": LEARNING_RATE, "max_steps": MAX_STEPS, "per_device_train_batch_size": per_device_batch,
-            "gradient_accumulation_steps": 1, "save_steps": 100, "logging_steps": 1, "seed": 0,
-            "max_length": 128, "max_prompt_length": 64, "precision": "fp32", "device": "cpu", **training,
-        },
-        "lora": {"r": 4, "alpha": 8},  # the default target modules and modules_to_save (lm_head), as the paper
-    }
+    num_gpus = training.pop("num_gpus", 0)
+    config = complete_run_config(method, training={
+        "learning_rate": LEARNING_RATE, "max_steps": MAX_STEPS, "per_device_train_batch_size": per_device_batch,
+        "gradient_accumulation_steps": 1, "save_steps": 100, "logging_steps": 1, "max_length": 128,
+        "max_prompt_length": 64, **training,
+    }, lora={"r": 4, "alpha": 8, "dropout": 0.0, "modules_to_save": ["lm_head"],  # the paper's modules
+             "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]})
+    config["training"]["num_gpus"] = num_gpus
+    return config
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +151,7 @@ def assert_two_processes_joined(run: AlignRun) -> None:
     summary = run.summary
     assert summary["world_size"] == 2, run.output[-4000:]
     assert summary["global_step"] == MAX_STEPS
-    assert summary["num_train_pairs"] == NUM_ROWS and summary["num_dropped_rows"] == 0
+    assert summary["num_train_rows"] == NUM_ROWS and summary["num_dropped_rows"] == 0
     # Each rank saves its own RNG state into the checkpoint.
     checkpoint = run.final_checkpoint()
     assert (checkpoint / "rng_state_0.pth").exists() and (checkpoint / "rng_state_1.pth").exists(), sorted(

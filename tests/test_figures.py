@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prefopt.figures import curve_series, write_figures
+from prefopt.evaluation.bootstrap import paired_bootstrap_ci_over_seeds
+from prefopt.figures import PROBE_PANELS, curve_series, probe_trajectory, write_figures
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,14 +23,35 @@ def _offline(accuracy, chosen):
         "ci": {"preference_accuracy": [accuracy - 0.1, accuracy + 0.1], "margin_mean": [0.2, 0.4]}}
 
 
-def _metrics_file(path: Path, slope: float, with_slime_delta: bool = False) -> str:
+N_PROBE_PAIRS = 12
+
+
+def _probe(step: int, chosen_shift: float, rejected_shift: float, seed: int) -> dict:
+    """A probe record (`prefopt.probes`) whose pairs moved by the given shifts plus seeded per-pair noise."""
+    rng = np.random.default_rng(1000 * seed + step)
+    base = np.linspace(-1.6, -0.8, N_PROBE_PAIRS)
+    noise = 0.0 if step == 0 else 0.01
+    chosen = base + chosen_shift + rng.normal(0.0, noise, N_PROBE_PAIRS)
+    rejected = base - 0.2 + rejected_shift + rng.normal(0.0, noise, N_PROBE_PAIRS)
+    return {"step": step, "probe": {
+        "chosen_logp_mean": float(chosen.mean()), "rejected_logp_mean": float(rejected.mean()),
+        "margin_mean": float((chosen - rejected).mean()), "rejected_token_logp_floor": -8.0 + rejected_shift,
+        "preference_accuracy": float((chosen > rejected).mean()), "chosen": chosen.tolist(),
+        "rejected": rejected.tolist()}}
+
+
+def _metrics_file(path: Path, slope: float, with_slime_delta: bool = False, probe_seed: int | None = None) -> str:
     lines = []
+    if probe_seed is not None:
+        lines.append(json.dumps(_probe(0, 0.0, 0.0, probe_seed)))
     for step in range(1, 31):
         record = {"step": step, "epoch": step / 30, "loss": 0.7 - step / 100, "lr": 5e-7,
                   "logps/chosen": -1.0 + slope * step, "logps/rejected": -1.2 - 0.02 * step, "rewards/margins": 0.05 * step}
         if with_slime_delta:
             record["slime/delta"] = record["logps/chosen"] - record["logps/rejected"]
         lines.append(json.dumps(record))
+        if probe_seed is not None and step % 10 == 0:
+            lines.append(json.dumps(_probe(step, slope * step, -0.02 * step * (1 + probe_seed), probe_seed)))
         if step % 10 == 0:
             lines.append(json.dumps({"step": step, "epoch": step / 30, "eval_loss": 0.6,
                                      "eval_logps/chosen": -1.0, "eval_logps/rejected": -1.5}))
@@ -55,10 +77,11 @@ def manifest(tmp_path):
     table5 = [{"model": "smollm2", "p": p, "default": p == 2.5, "run": f"p{p}",
                "results": {"offline": dump(f"p{p}.json", _offline(0.6, -1.1))}} for p in (1.5, 2.5)]
     curves = [
-        {"model": "smollm2", "model_label": "SmolLM2-135M", "label": "DPO",
-         "metrics": _metrics_file(tmp_path / "runs" / "dpo" / "metrics.jsonl", -0.01)},
-        {"model": "smollm2", "model_label": "SmolLM2-135M", "label": "SLIME",
-         "metrics": _metrics_file(tmp_path / "runs" / "slime" / "metrics.jsonl", 0.005, with_slime_delta=True)},
+        {"model": "smollm2", "model_label": "SmolLM2-135M", "label": "DPO", "seed": 0,
+         "metrics": _metrics_file(tmp_path / "runs" / "dpo" / "metrics.jsonl", -0.01, probe_seed=0)},
+        *({"model": "smollm2", "model_label": "SmolLM2-135M", "label": "SLIME", "seed": seed,
+           "metrics": _metrics_file(tmp_path / "runs" / f"slime-s{seed}" / "metrics.jsonl", 0.005,
+                                    with_slime_delta=True, probe_seed=seed)} for seed in (0, 1)),
         {"model": "gemma", "label": "SimPO", "metrics": _metrics_file(tmp_path / "runs" / "simpo" / "metrics.jsonl", -0.03)},
     ]
     return {"judge": None, "table3": table3, "table4": table4, "table5": table5, "not_run": {},
@@ -83,8 +106,8 @@ def test_figures_written_and_non_empty(manifest, tmp_path):
     out_dir = tmp_path / "figures"
     written = write_figures(manifest, out_dir)
     names = sorted(path.name for path in written)
-    assert names == ["table4_ablations.png", "table5_exponent_p.png", "training_curves_gemma.png",
-                     "training_curves_smollm2.png"]
+    assert names == ["probe_trajectories_gemma.png", "probe_trajectories_smollm2.png", "table4_ablations.png",
+                     "table5_exponent_p.png", "training_curves_gemma.png", "training_curves_smollm2.png"]
     for path in written:
         assert path.stat().st_size > 10_000 and _is_png(path)
     assert not list(out_dir.glob(".*tmp"))  # no temporary files left behind
@@ -96,7 +119,8 @@ def test_figures_skip_logs_without_logps_and_fail_on_missing_files(manifest, tmp
     empty.write_text(json.dumps({"step": 1, "loss": 0.7}) + "\n")
     manifest["training_curves"] = [{"model": "m", "label": "SFT-only", "metrics": str(empty)}]
     manifest["table4"], manifest["table5"] = [], []
-    assert write_figures(manifest, tmp_path / "figs") == []
+    # No per-batch curves to draw; the main figure is still written and says there are no probes.
+    assert [path.name for path in write_figures(manifest, tmp_path / "figs")] == ["probe_trajectories_m.png"]
     assert "no logps" in caplog.text
     manifest["training_curves"] = [{"model": "m", "label": "gone", "metrics": str(tmp_path / "missing.jsonl")}]
     with pytest.raises(FileNotFoundError, match="gone"):
@@ -111,4 +135,40 @@ def test_make_figures_script(manifest, tmp_path):
                                 "--manifest", str(manifest_path), "--out-dir", str(out_dir)],
                                capture_output=True, text=True, timeout=180)
     assert completed.returncode == 0, completed.stderr
-    assert len(list(out_dir.glob("*.png"))) == 4
+    assert len(list(out_dir.glob("*.png"))) == 6
+
+
+def test_probe_trajectory_is_the_change_from_sft_with_paired_and_seed_bands(manifest):
+    runs = [[json.loads(line) for line in Path(curve["metrics"]).read_text().splitlines()
+             if "probe" in json.loads(line)] for curve in manifest["training_curves"] if curve["label"] == "SLIME"]
+    assert [len(run) for run in runs] == [4, 4]
+    settings = {"n_resamples": 500, "seed": 0}
+    panels = {key: values for key, _, values in PROBE_PANELS}
+    chosen = probe_trajectory(runs, "chosen_logp_mean", panels["chosen_logp_mean"], settings)
+    assert list(chosen["steps"]) == [0, 10, 20, 30] and chosen["n_seeds"] == 2
+    assert chosen["mean"][0] == 0.0 and chosen["ci_low"][0] == chosen["ci_high"][0] == 0.0
+    np.testing.assert_allclose(chosen["mean"][1:], [0.05, 0.10, 0.15], atol=0.01)  # slope 0.005 per step
+    # The band is the paired bootstrap over the probe pairs of the seed-averaged change from step 0.
+    at = lambda run, step, side: next(r["probe"][side] for r in run if r["step"] == step)  # noqa: E731
+    expected = paired_bootstrap_ci_over_seeds([at(run, 20, "chosen") for run in runs],
+                                              [at(run, 0, "chosen") for run in runs], **settings)
+    assert (chosen["ci_low"][2], chosen["ci_high"][2]) == pytest.approx(expected)
+    assert chosen["ci_low"][2] < chosen["mean"][2] < chosen["ci_high"][2]
+    # Seed 1's rejected answers fall twice as fast: the seed band spans both seeds' changes.
+    rejected = probe_trajectory(runs, "rejected_logp_mean", panels["rejected_logp_mean"], settings)
+    assert rejected["seed_low"][3] == pytest.approx(-1.2, abs=0.02)
+    assert rejected["seed_high"][3] == pytest.approx(-0.6, abs=0.02)
+    # The floor keeps no per-pair values: a seed band, no pair CI.
+    floor = probe_trajectory(runs, "rejected_token_logp_floor", None, settings)
+    assert np.isnan(floor["ci_low"]).all()
+    np.testing.assert_allclose(floor["mean"], [0.0, -0.3, -0.6, -0.9])
+    assert probe_trajectory([[]], "chosen_logp_mean", None, settings) is None
+
+
+def test_tables_and_figures_import_without_torch_or_transformers():
+    # The report environment (envs/report.yaml) has numpy/pandas/matplotlib only.
+    code = ("import sys, prefopt.figures, prefopt.tables; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"

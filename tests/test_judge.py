@@ -31,6 +31,7 @@ from prefopt.evaluation.judge import (
     JudgeUnavailableError,
     JudgingFailed,
     JudgmentCache,
+    judge_settings,
     judgment_key,
     run_judgments,
 )
@@ -50,11 +51,8 @@ def server():
         yield running
 
 
-def make_client(server, sleeps=None, **overrides) -> JudgeClient:
-    config = JudgeConfig.from_dict(judge_config(server, **overrides))
-    if sleeps is None:
-        return JudgeClient(config)
-    return JudgeClient(config, sleep=sleeps.append)
+def make_client(server, **overrides) -> JudgeClient:
+    return JudgeClient(JudgeConfig.from_dict(judge_config(server, **overrides)))
 
 
 def rating_requests(n: int, model_id: str = "model-x") -> list[JudgeRequest]:
@@ -76,14 +74,31 @@ def free_port() -> int:
 def test_config_rejects_unknown_missing_and_bad_values():
     with pytest.raises(JudgeConfigError, match="unknown key.*'api_key'"):
         JudgeConfig.from_dict({"base_url": "http://127.0.0.1:1/v1", "model": "m", "api_key": "sk-literal"})
+    full = {"base_url": "http://127.0.0.1:8000/v1", "model": "m", "api_key_env": "K", "temperature": 0,
+            "max_tokens": 16, "timeout_s": 5, "max_retries": 1, "parallel": 1, "parse_retries": 0}
     with pytest.raises(JudgeConfigError, match="missing required key 'model'"):
-        JudgeConfig.from_dict({"base_url": "http://127.0.0.1:1/v1"})
+        JudgeConfig.from_dict({key: value for key, value in full.items() if key != "model"})
+    with pytest.raises(JudgeConfigError, match="missing required key 'parse_retries'"):
+        JudgeConfig.from_dict({key: value for key, value in full.items() if key != "parse_retries"})
     with pytest.raises(JudgeConfigError, match="'parallel'"):
-        JudgeConfig.from_dict({"base_url": "http://127.0.0.1:1/v1", "model": "m", "parallel": 0})
+        JudgeConfig.from_dict({**full, "parallel": 0})
     with pytest.raises(JudgeConfigError, match="'base_url'"):
-        JudgeConfig.from_dict({"base_url": "127.0.0.1:8000", "model": "m"})
-    config = JudgeConfig.from_dict({"base_url": "http://127.0.0.1:8000/v1", "model": "m", "timeout_s": 5})
-    assert config.timeout_s == 5.0 and config.api_key_env == "OPENAI_API_KEY" and config.temperature == 0.0
+        JudgeConfig.from_dict({**full, "base_url": "127.0.0.1:8000"})
+    config = JudgeConfig.from_dict(full)
+    assert config.timeout_s == 5.0 and config.temperature == 0.0
+
+
+def test_judge_settings_per_benchmark():
+    judge = {"base_url": "http://x/v1", "model": "gpt-4.1", "api_key_env": "K", "timeout_s": 120, "max_retries": 8,
+             "parallel": 4, "parse_retries": 0, "benchmarks": ["mt_bench", "arena_hard"], "question_limit": None,
+             "mt_bench": {"model": "gpt-4", "temperature": 0, "max_tokens": 2048, "max_new_tokens": 1024},
+             "arena_hard": {"temperature": 0, "max_tokens": 16000, "max_new_tokens": 8196, "questions": None,
+                            "n_bootstrap": 100}}
+    mt, arena = judge_settings(judge, "mt_bench"), judge_settings(judge, "arena_hard")
+    assert mt["model"] == "gpt-4" and mt["max_tokens"] == 2048
+    assert arena["model"] == "gpt-4.1" and arena["max_tokens"] == 16000
+    # Each is a complete judge config: every key the job uses, nothing else.
+    assert JudgeConfig.from_dict(mt).model == "gpt-4" and JudgeConfig.from_dict(arena).max_tokens == 16000
 
 
 def test_missing_key_variable_fails_naming_the_variable(monkeypatch, server):
@@ -122,23 +137,11 @@ def test_local_server_needs_no_key(server):
 
 
 def test_429_and_500_are_retried_honouring_retry_after(server):
-    server.queue_faults([Fault(status=429, retry_after="2"), Fault(status=500)])
-    sleeps: list[float] = []
-    completion = make_client(server, sleeps=sleeps, backoff_base_s=0.4, backoff_max_s=10).chat(MESSAGES)
+    server.queue_faults([Fault(status=429, retry_after="1"), Fault(status=500)])
+    start = time.monotonic()
+    completion = make_client(server).chat(MESSAGES)
     assert completion.attempts == 3 and server.request_count == 3
-    assert sleeps[0] == 2.0  # Retry-After
-    # Second retry (attempt index 1): ceiling 0.4 * 2 = 0.8, equal jitter keeps it in [0.4, 0.8].
-    assert 0.4 <= sleeps[1] <= 0.8
-
-
-def test_backoff_is_exponential_and_bounded(server):
-    server.queue_faults([Fault(status=503)] * 5)
-    sleeps: list[float] = []
-    make_client(server, sleeps=sleeps, max_retries=5, backoff_base_s=1.0, backoff_max_s=3.0).chat(MESSAGES)
-    ceilings = [1.0, 2.0, 3.0, 3.0, 3.0]
-    assert len(sleeps) == 5
-    for sleep, ceiling in zip(sleeps, ceilings):
-        assert ceiling / 2 <= sleep <= ceiling
+    assert time.monotonic() - start >= 1.0  # Retry-After: 1
 
 
 def test_timeout_and_malformed_reply_are_retried(server):
@@ -158,33 +161,63 @@ def test_client_error_fails_at_once_with_the_key_redacted(server):
     assert FAKE_API_KEY not in str(raised.value) and FAKE_API_KEY not in repr(raised.value)
 
 
-def test_retries_are_bounded_and_the_error_is_redacted(server, caplog):
+def test_retries_are_bounded_and_the_error_is_redacted(server):
     server.fault = lambda body, index: Fault(status=500, echo_authorization=True)
     with pytest.raises(JudgeUnavailableError) as raised:
         make_client(server, max_retries=2).chat(MESSAGES)
     assert server.request_count == 3
     assert "failed 3 attempts" in str(raised.value) and "HTTP 500" in str(raised.value)
-    assert FAKE_API_KEY not in str(raised.value)
-    assert FAKE_API_KEY not in caplog.text and "retry 1/2" in caplog.text
+    assert FAKE_API_KEY not in str(raised.value) and "Bearer ***" in str(raised.value)
 
 
 # ---------------------------------------------------------------------------------------------
 # Cache
 
 
-def test_judgment_key_depends_on_every_part():
-    base = ("mt_bench", 81, "turn1", "model-x", "judge-1", MESSAGES)
-    keys = {judgment_key(*base)}
-    variants = [("arena_hard", 81, "turn1", "model-x", "judge-1", MESSAGES),
-                ("mt_bench", 82, "turn1", "model-x", "judge-1", MESSAGES),
-                ("mt_bench", 81, "turn2", "model-x", "judge-1", MESSAGES),
-                ("mt_bench", 81, "turn1", "model-y", "judge-1", MESSAGES),
-                ("mt_bench", 81, "turn1", "model-x", "judge-2", MESSAGES),
-                ("mt_bench", 81, "turn1", "model-x", "judge-1", MESSAGES[:1])]
-    for variant in variants:
-        keys.add(judgment_key(*variant))
+def test_judgment_key_is_what_is_sent():
+    base = ("judge-1", 0, 2048, MESSAGES)
+    variants = [("judge-2", 0, 2048, MESSAGES), ("judge-1", 0.7, 2048, MESSAGES), ("judge-1", 0, 16000, MESSAGES),
+                ("judge-1", 0, 2048, MESSAGES[:1])]
+    keys = {judgment_key(*base)} | {judgment_key(*variant) for variant in variants}
     assert len(keys) == 1 + len(variants)
-    assert judgment_key(*base) == judgment_key(*base)
+    assert judgment_key(*base) == judgment_key("judge-1", 0.0, 2048, [dict(m) for m in MESSAGES])
+
+
+def test_byte_identical_prompts_are_paid_once(server, tmp_path):
+    # Two models, one question, the same answer: the judge prompt is the same, so one request.
+    shared = [{"role": "system", "content": "judge"}, {"role": "user", "content": "same prompt"}]
+    requests = [JudgeRequest("mt_bench", 81, "turn1", model, shared, parse_rating) for model in ("m-a", "m-b")]
+    requests.append(JudgeRequest("mt_bench", 82, "turn1", "m-a", MESSAGES, parse_rating))
+    with JudgmentCache(tmp_path / "cache.jsonl") as cache:
+        results, stats = run_judgments(requests, make_client(server), cache)
+    assert server.request_count == 2 and stats.n_unique == 2 and stats.n_new == 2
+    assert [r.verdict for r in results] == [7.0, 7.0, 7.0]
+    # Another job with the same prompt, sharing the cache file, pays nothing.
+    with JudgmentCache(tmp_path / "cache.jsonl") as cache:
+        run_judgments([JudgeRequest("mt_bench", 81, "turn1", "m-c", shared, parse_rating)], make_client(server), cache)
+    assert server.request_count == 2
+
+
+def test_http_400_fails_that_judgment_and_the_run_goes_on(server, tmp_path):
+    server.fault = lambda body, index: Fault(status=400) if "question 1" in body["messages"][-1]["content"] else None
+    with JudgmentCache(tmp_path / "cache.jsonl") as cache:
+        results, stats = run_judgments(rating_requests(4), make_client(server), cache)
+    assert server.request_count == 4  # a 400 is not retried
+    assert [r.verdict for r in results] == [7.0, None, 7.0, 7.0]
+    assert results[1].error.startswith("HTTP 400") and stats.n_rejected == 1 and stats.n_new == 3
+    # Not cached: a rerun asks again (and only for that one).
+    server.fault = None
+    with JudgmentCache(tmp_path / "cache.jsonl") as cache:
+        results, stats = run_judgments(rating_requests(4), make_client(server), cache)
+    assert server.request_count == 5 and results[1].verdict == 7.0 and stats.n_rejected == 0
+
+
+def test_every_verdict_unparseable_is_counted_not_fatal(server, tmp_path):
+    server.reply = rating_reply(lambda body: None)
+    with JudgmentCache(tmp_path / "cache.jsonl") as cache:
+        results, stats = run_judgments(rating_requests(3), make_client(server), cache)
+    assert [r.verdict for r in results] == [None] * 3 and stats.n_parse_failed == 3
+    assert server.request_count == 3  # parse_retries 0: never asked again, as upstream
 
 
 def test_cache_survives_a_line_cut_short(tmp_path):
@@ -213,7 +246,7 @@ def test_cached_judgments_cost_nothing(server, tmp_path):
     assert [r.from_cache for r in results] == [True] * 5 + [False]
 
 
-def test_unparseable_verdict_is_retried_then_counted(server, tmp_path):
+def test_parse_retries_ask_again_then_count(server, tmp_path):
     # Question 83 never gets a rating; everything else does.
     server.reply = rating_reply(lambda body: None if "question 2" in body["messages"][-1]["content"] else 6)
     with JudgmentCache(tmp_path / "cache.jsonl") as cache:
@@ -234,13 +267,28 @@ def test_judge_down_fails_clearly_and_keeps_the_cache(server, tmp_path):
         run_judgments(rating_requests(3), make_client(server), cache)
     down = JudgeConfig.from_dict(judge_config(server, base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=2))
     with JudgmentCache(cache_path) as cache, pytest.raises(JudgingFailed) as raised:
-        run_judgments(rating_requests(6), JudgeClient(down, sleep=lambda s: None), cache)
+        run_judgments(rating_requests(6), JudgeClient(down), cache)
     message = str(raised.value)
     assert "connection failed" in message and "failed 3 attempts" in message
     assert "judged in this run: 0; already cached: 3; missing: 3 of 6" in message
     assert str(cache_path) in message and FAKE_API_KEY not in message
     with JudgmentCache(cache_path) as cache:
         assert len(cache) == 3
+
+
+def test_once_a_request_gives_up_no_new_request_starts(server, tmp_path):
+    # The judge goes down for good after two replies; 20 judgments, 4 at a time.
+    server.fault = lambda body, index: Fault(status=503) if index >= 2 else None
+    client = make_client(server, parallel=4, max_retries=2)
+    start = time.monotonic()
+    with JudgmentCache(tmp_path / "cache.jsonl") as cache, pytest.raises(JudgingFailed) as raised:
+        run_judgments(rating_requests(20), client, cache)
+    elapsed = time.monotonic() - start
+    # Two answered, then at most `parallel` requests in flight each spend their 3 attempts; the
+    # first to give up cancels the others, and none of the 14 still waiting is ever sent.
+    assert server.request_count <= 2 + 4 * 3
+    assert "HTTP 503" in str(raised.value) and "judged in this run: 2" in str(raised.value)
+    assert elapsed < 15  # one retry cycle (openai's backoff: about 0.5 s + 1 s), not one per request
 
 
 # ---------------------------------------------------------------------------------------------

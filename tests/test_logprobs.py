@@ -196,9 +196,10 @@ def test_completion_token_logps_under_lora_with_lm_head_saved(tiny_model_dir, ba
         monkeypatch.setattr(logprobs, "PROBS_SAVE_BUDGET_BYTES", 0)
     torch.manual_seed(0)
     if head == "lora_on_head_checkpointed":  # a LoRA-wrapped head is not a plain Linear: generic path
-        config = lora_config(r=4, alpha=8, target_modules=LORA_TARGET_MODULES + ["lm_head"], modules_to_save=None)
+        config = lora_config(r=4, alpha=8, dropout=0.0, target_modules=LORA_TARGET_MODULES + ["lm_head"],
+                             modules_to_save=None)
     else:
-        config = lora_config(r=4, alpha=8)
+        config = lora_config(r=4, alpha=8, dropout=0.0, target_modules=LORA_TARGET_MODULES, modules_to_save=["lm_head"])
     peft_model = get_peft_model(load_model(tiny_model_dir), config)
     head_module = peft_model.get_base_model().get_output_embeddings()
     assert (logprobs.plain_linear_head(head_module) is None) == (head == "lora_on_head_checkpointed")
@@ -259,3 +260,34 @@ def test_chunked_linear_head_values_and_gradients(save_probs, dtype):
     for ours_grad, expected_grad in zip(ours_grads, expected_grads):
         assert ours_grad.dtype == expected_grad.dtype
         torch.testing.assert_close(ours_grad.float(), expected_grad.float(), **tolerance)
+
+
+@pytest.mark.parametrize("save_probs", [True, False])
+def test_chunked_linear_head_under_cpu_autocast(save_probs):
+    """fp32 weights under CPU bf16 autocast (the trainer's mixed precision): bf16 matmuls, fp32 log-softmax,
+    fp32 gradients for fp32 parameters; equal to autocast's own full-logits computation up to bf16 rounding
+    of the accumulation order, and to fp32 within bf16's precision."""
+    from prefopt.logprobs import chunked_head_log_probs
+
+    generator = torch.Generator().manual_seed(5)
+    head = torch.nn.Linear(32, 301, bias=True)
+    hidden = torch.randn(23, 32, generator=generator).requires_grad_()
+    targets = torch.randint(0, 301, (23,), generator=generator)
+    upstream = torch.randn(23, generator=generator)
+    params = [hidden, head.weight, head.bias]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = chunked_head_log_probs(head, hidden, targets, vocab_size=301, chunk_elements=301 * 5,
+                                      save_probs=save_probs)
+        autocast_logits = head(hidden)
+    assert ours.dtype == torch.float32 and autocast_logits.dtype == torch.bfloat16
+    ours_grads = torch.autograd.grad((ours * upstream).sum(), params)
+    reference = torch.log_softmax(autocast_logits.float(), -1).gather(-1, targets[:, None]).squeeze(-1)
+    reference_grads = torch.autograd.grad((reference * upstream).sum(), params)
+    fp32 = torch.log_softmax(head(hidden), -1).gather(-1, targets[:, None]).squeeze(-1)
+    fp32_grads = torch.autograd.grad((fp32 * upstream).sum(), params)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)  # the same bf16 logits, fp32 log-softmax
+    torch.testing.assert_close(ours, fp32, atol=5e-2, rtol=2e-2)
+    for ours_grad, reference_grad, fp32_grad in zip(ours_grads, reference_grads, fp32_grads):
+        assert ours_grad.dtype == torch.float32
+        torch.testing.assert_close(ours_grad, reference_grad, atol=2e-2, rtol=2e-2)
+        torch.testing.assert_close(ours_grad, fp32_grad, atol=3e-2, rtol=3e-2)

@@ -1,15 +1,16 @@
-"""prefopt.sft: completion-only SFT through TRL, LoRA merged into a full model directory, resume."""
+"""prefopt.sft: completion-only SFT through TRL, LoRA merged into a full model directory (resume: test_job.py)."""
 
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
 
-from prefopt.run_config import validate_run_config
-from prefopt.sft import tokenize_sft_row, train_sft
+from prefopt.io import write_jsonl
+from prefopt.job import run_job
+from prefopt.sft import sft_stage, tokenize_sft_row
+from run_configs import complete_run_config
 
 CONVERSATIONS = [
     ("What is 17 + 25?", "17 + 25 = 42.\n\nAnswer: 42"),
@@ -38,7 +39,17 @@ def sft_config(**training):
     settings = {"learning_rate": 1e-3, "max_steps": 4, "per_device_train_batch_size": 2,
                 "gradient_accumulation_steps": 1, "save_steps": 2, "max_length": 128, "max_prompt_length": 96}
     settings.update(training)
-    return validate_run_config({"method": "sft", "training": settings, "lora": {"r": 4, "alpha": 8}})
+    # LoRA r=4 on the paper's modules, with lm_head in modules_to_save (the paper's Table 1 shape)
+    return complete_run_config("sft", training=settings, lora={
+        "r": 4, "alpha": 8, "dropout": 0.0, "modules_to_save": ["lm_head"],
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]})
+
+
+def train_sft(run_config, model_dir, rows, out_dir, checkpoint_dir):
+    train_path = out_dir.parent / "sft-rows.jsonl"
+    write_jsonl(train_path, rows)
+    return run_job(sft_stage(), run_config, model_dir=model_dir, train_path=train_path, out_dir=out_dir,
+                   checkpoint_dir=checkpoint_dir)
 
 
 def test_tokenize_sft_row_masks_the_prompt(tokenizer_dir):
@@ -54,9 +65,7 @@ def test_tokenize_sft_row_masks_the_prompt(tokenizer_dir):
         row["chosen"][:-1], add_generation_prompt=True, tokenize=True, return_dict=False))
 
 
-def test_sft_merges_lora_into_a_loadable_model_and_resumes(tiny_model_dir, tmp_path, caplog):
-    import logging
-
+def test_sft_merges_lora_into_a_loadable_model(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
 
     from prefopt.models import load_for_inference
@@ -81,19 +90,8 @@ def test_sft_merges_lora_into_a_loadable_model_and_resumes(tiny_model_dir, tmp_p
     generated = model.generate(**inputs, max_new_tokens=5, do_sample=False)
     assert generated.shape[1] > inputs["input_ids"].shape[1]
 
-    # a kill after step 3: only checkpoint-2 survives, outputs gone -> resumes, each step logged once
-    shutil.rmtree(out_dir)
-    shutil.rmtree(checkpoint_dir / "checkpoint-4")
-    with caplog.at_level(logging.INFO, logger="prefopt.sft"):
-        resumed = train_sft(sft_config(), tiny_model_dir, make_rows(), out_dir, checkpoint_dir)
-    assert "resuming from checkpoint-2" in caplog.text
-    assert resumed["resumed_from"] == "checkpoint-2"
-    resumed_records = [json.loads(line) for line in open(out_dir / "metrics.jsonl")]
-    assert [record["step"] for record in resumed_records] == [1, 2, 3, 4]
-    assert resumed_records[3]["loss"] == pytest.approx(records[3]["loss"], rel=1e-4)
-
 
 def test_sft_rejects_a_preference_config(tiny_model_dir, tmp_path):
-    config = validate_run_config({"method": "slime"})
+    config = complete_run_config("slime")
     with pytest.raises(ValueError, match="'method'"):
         train_sft(config, tiny_model_dir, make_rows(), tmp_path / "out", tmp_path / "ckpt")

@@ -116,7 +116,8 @@ def test_table3_marks_ties_and_missing(manifest):
     assert NOT_RUN["arena_hard"] in text
     # Ties in accuracy within block A: SimPO and SLIME 80.0 both bold, DPO 70.0 second.
     acc = header.index("Pref. acc. (%) ↑")
-    assert [row[acc] for row in body[1:6]] == ["60.0", "<u>70.0</u>", "**80.0**", "**80.0**", "65.0"]
+    assert [row[acc].split(" [")[0] for row in body[1:6]] == ["60.0", "<u>70.0</u>", "**80.0**", "**80.0**", "65.0"]
+    assert body[1][acc] == "60.0 [55.0, 65.0]"  # the result file's CI (no per-example file here)
     # Δ chosen logp vs SFT: SLIME -0.90 - (-1.00) = +0.100 best; the base row is base - SFT.
     delta = header.index("Δ chosen logp vs SFT ↑")
     assert body[0][delta] == "-0.200" and body[1][delta] == "<u>+0.000</u>" and body[4][delta] == "**+0.100**"
@@ -161,7 +162,7 @@ def test_table4_and_table5_labels_ranking_and_reference(manifest):
     header, body = _md_rows(render_markdown(table4))
     assert header[0] == "Variant" and [row[0] for row in body][0] == "Full SLIME"
     acc = header.index("Pref. acc. (%) ↑")
-    assert [row[acc] for row in body] == ["<u>72.0</u>", "**74.0**", "**74.0**", "70.0", "60.0"]
+    assert [row[acc].split(" [")[0] for row in body] == ["<u>72.0</u>", "**74.0**", "**74.0**", "70.0", "60.0"]
     # Δ vs SFT comes from the same model's SFT row in Table 3 (chosen -1.5).
     delta = header.index("Δ chosen logp vs SFT ↑")
     assert body[0][delta] == "**+0.100**"
@@ -169,7 +170,7 @@ def test_table4_and_table5_labels_ranking_and_reference(manifest):
     table5 = build_table(manifest, "table5")
     header, body = _md_rows(render_markdown(table5))
     assert [row[0] for row in body] == ["1.0", "1.5", "2.0", "2.5 (default)", "3.0"]
-    assert body[4][header.index("Pref. acc. (%) ↑")] == "**63.0**"
+    assert body[4][header.index("Pref. acc. (%) ↑")] == "**63.0** [58.0, 68.0]"
     assert "Exponent p" in render_latex(table5)
     records = list(csv.DictReader(render_csv(table5).splitlines()))
     assert [float(r["p"]) for r in records] == [1.0, 1.5, 2.0, 2.5, 3.0]
@@ -199,6 +200,17 @@ def test_make_tables_script_writes_nine_files(manifest, tmp_path):
                                capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     names = sorted(path.name for path in out_dir.iterdir())
-    assert names == sorted(f"table{n}.{ext}" for n in (3, 4, 5) for ext in ("csv", "md", "tex"))
-    assert all((out_dir / name).stat().st_size > 200 for name in names)
+    assert names == sorted([f"table{n}.{ext}" for n in (3, 4, 5) for ext in ("csv", "md", "tex")]
+                           + ["comparisons.csv", "comparisons.md"])
+    assert all((out_dir / name).stat().st_size > 100 for name in names)
     assert write_tables(manifest, tmp_path / "again")[0].name == "table3.csv"
+
+
+def test_a_table_without_rows_renders(tmp_path):
+    """A config without ablations has empty Tables 4 and 5: they are written, never a crash."""
+    from prefopt.tables import build_table, render_csv, render_latex, render_markdown
+
+    for name in ("table4", "table5"):
+        table = build_table({"table3": [], "table4": [], "table5": [], "not_run": {}}, name)
+        assert table.rows == [] and "Table" in render_markdown(table)
+        render_csv(table), render_latex(table)

@@ -1,16 +1,14 @@
-"""PreferenceTrainer, train_preference and the run config, on the tiny 2-layer Llama."""
+"""PreferenceTrainer on the tiny 2-layer Llama (the job around it: tests/test_job.py)."""
 
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
 
 from prefopt.logprobs import PairCollator, completion_token_logps, tokenize_pair
-from prefopt.run_config import RunConfigError, default_precision, load_run_config, validate_run_config
-from prefopt.trainer import NonFiniteLossError, PreferenceConfig, PreferenceTrainer, train_preference
+from prefopt.trainer import NonFiniteLossError, PreferenceConfig, PreferenceTrainer
 
 PAIRS = [
     ("What is 17 + 25?", "17 + 25 = 42.\n\nAnswer: 42", "17 + 25 = 43.\n\nAnswer: 43"),
@@ -42,15 +40,17 @@ def tokenizer(tokenizer_dir):
     return load_tokenizer(tokenizer_dir)
 
 
-def make_trainer(tiny_model_dir, tokenizer, tmp_path, loss_type, *, lora=True, rows=None, loss_kwargs=None, **overrides):
+def make_trainer(tiny_model_dir, tokenizer, tmp_path, loss_type, *, lora=True, rows=None, loss_kwargs=None,
+                 data_collator=None, weights="fp32", **overrides):
     from peft import get_peft_model
 
-    from prefopt.models import load_model, lora_config
+    from prefopt.models import LORA_TARGET_MODULES, load_model, lora_config
 
     torch.manual_seed(0)
-    model = load_model(tiny_model_dir)
+    model = load_model(tiny_model_dir, weights)
     if lora:
-        model = get_peft_model(model, lora_config(r=8, alpha=16))
+        model = get_peft_model(model, lora_config(r=8, alpha=16, dropout=0.0, target_modules=LORA_TARGET_MODULES,
+                                                    modules_to_save=["lm_head"]))
     settings = dict(output_dir=str(tmp_path / f"ckpt-{loss_type}"), loss_type=loss_type, loss_kwargs=loss_kwargs or {},
                     learning_rate=1e-3, per_device_train_batch_size=4, gradient_accumulation_steps=1, max_steps=6,
                     lr_scheduler_type="constant", max_grad_norm=0.0, logging_steps=1, save_strategy="no",
@@ -59,7 +59,7 @@ def make_trainer(tiny_model_dir, tokenizer, tmp_path, loss_type, *, lora=True, r
     settings.update(overrides)
     args = PreferenceConfig(**settings)
     return PreferenceTrainer(model, args, train_dataset=rows if rows is not None else make_rows()[:4],
-                             processing_class=tokenizer)
+                             processing_class=tokenizer, data_collator=data_collator)
 
 
 def read_records(path):
@@ -102,7 +102,7 @@ def test_lora_reference_is_the_base_model(tiny_model_dir, tokenizer, tmp_path):
     features = [tokenize_pair(tokenizer, row, max_length=128, max_prompt_length=96) for row in make_rows()[:4]]
     batch = PairCollator(tokenizer.pad_token_id)(features)
     trainer.model.eval()
-    reference = trainer.reference_token_logps(trainer.model, batch)
+    reference = torch.cat(trainer.reference_token_logps(trainer.model, batch))
     with torch.no_grad():
         policy, _ = completion_token_logps(trainer.model, batch["input_ids"], batch["attention_mask"],
                                            batch["completion_mask"])
@@ -166,99 +166,38 @@ def test_non_finite_loss_later_step(tiny_model_dir, tokenizer, tmp_path, monkeyp
         trainer.train()
 
 
-def small_run_config(**training):
-    settings = {"learning_rate": 1e-3, "max_steps": 4, "per_device_train_batch_size": 2,
-                "gradient_accumulation_steps": 1, "save_steps": 2, "max_length": 128, "max_prompt_length": 96}
-    settings.update(training)
-    return validate_run_config({"method": "slime", "loss_kwargs": {"lambda_w": 0.2},
-                                "training": settings, "lora": {"r": 4, "alpha": 8}})
+def step_losses(trainer):
+    trainer.train()
+    return [record["loss"] for record in read_records(trainer.args.metrics_file) if "loss" in record]
 
 
-def test_resume_after_kill_continues_metrics_without_duplicates(tiny_model_dir, tmp_path, caplog):
-    import logging
+@pytest.mark.parametrize("loss_type", ["slime", "dpo"])
+def test_default_packed_batches_train_like_two_padded_rows(tiny_model_dir, tokenizer, tmp_path, loss_type):
+    """The default collator (shared prompt, packed rows) gives the two-row path's losses, step after step."""
+    from prefopt.logprobs import PackedPairCollator
 
-    run_config = small_run_config()
-    out_dir, checkpoint_dir = tmp_path / "out", tmp_path / "checkpoints"
-    first = train_preference(run_config, tiny_model_dir, make_rows(), out_dir, checkpoint_dir)
-    assert first["resumed_from"] is None and first["global_step"] == 4
-    assert (out_dir / "adapter" / "adapter_model.safetensors").exists()
-    first_records = read_records(out_dir / "metrics.jsonl")
-    assert [record["step"] for record in first_records] == [1, 2, 3, 4]
-
-    # simulate a kill after step 3: checkpoint-4 and the published outputs never existed
-    shutil.rmtree(out_dir)
-    shutil.rmtree(checkpoint_dir / "checkpoint-4")
-    with caplog.at_level(logging.INFO, logger="prefopt.trainer"):
-        second = train_preference(run_config, tiny_model_dir, make_rows(), out_dir, checkpoint_dir)
-    assert "resuming from checkpoint-2" in caplog.text
-    assert second["resumed_from"] == "checkpoint-2" and second["global_step"] == 4
-    summary = json.loads((out_dir / "summary.json").read_text())
-    assert summary["resumed_from"] == "checkpoint-2"
-    records = read_records(out_dir / "metrics.jsonl")
-    assert [record["step"] for record in records] == [1, 2, 3, 4]
-    # the resumed steps replay the same data and optimizer state
-    for before, after in zip(first_records, records):
-        assert after["loss"] == pytest.approx(before["loss"], rel=1e-4)
-    assert not list(tmp_path.glob(".out.*"))  # no staging leftovers
+    settings = dict(rows=make_rows(), max_steps=3, per_device_train_batch_size=3)
+    packed = make_trainer(tiny_model_dir, tokenizer, tmp_path / "packed", loss_type, **settings)
+    assert isinstance(packed.data_collator, PackedPairCollator)
+    two_rows = make_trainer(tiny_model_dir, tokenizer, tmp_path / "rows", loss_type,
+                            data_collator=PairCollator(tokenizer.pad_token_id), **settings)
+    expected, actual = step_losses(two_rows), step_losses(packed)
+    assert len(actual) == 3
+    assert actual == pytest.approx(expected, abs=1e-5)
 
 
-def test_resume_skips_incomplete_checkpoint(tiny_model_dir, tmp_path):
-    from prefopt.trainer import last_complete_checkpoint
-
-    (tmp_path / "checkpoint-2").mkdir()
-    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
-    (tmp_path / "checkpoint-4").mkdir()  # killed while saving: no trainer_state.json
-    assert last_complete_checkpoint(tmp_path).endswith("checkpoint-2")
-    assert last_complete_checkpoint(tmp_path / "missing") is None
+# bf16 autocast (fp32 master weights) vs fp32: the first three steps' losses agree within this relative tolerance
+# (bf16 keeps ~3 significant digits per matmul; the log-softmax and the loss are fp32). Measured: <= 2.5e-4.
+BF16_LOSS_RELATIVE_TOLERANCE = 1e-3
 
 
-def test_run_config_defaults_and_errors(tmp_path):
-    config = validate_run_config({"method": "slime"})
-    assert config["training"]["learning_rate"] == 5e-7 and config["training"]["max_grad_norm"] is None
-    assert config["lora"]["r"] == 64 and config["data"]["on_bad"] == "drop"
-    assert validate_run_config({"method": "sft"})["training"]["num_train_epochs"] == 3
-    assert validate_run_config({"method": "dpo", "lora": None})["lora"] is None
-    assert default_precision("cpu") == "fp32"
-    bad = [
-        ({"method": "ppo"}, "'method'"),
-        ({"method": "slime", "training": {"learnig_rate": 1e-3}}, "training.learnig_rate"),
-        ({"method": "slime", "training": {"per_device_train_batch_size": "8"}}, "training.per_device_train_batch_size"),
-        ({"method": "slime", "training": {"precision": "int8"}}, "training.precision"),
-        ({"method": "slime", "loss_kwargs": {"beta": 0.1}}, "loss_kwargs.beta"),
-        ({"method": "slime", "lora": {"rank": 8}}, "lora.rank"),
-        ({"method": "slime", "data": {"on_bad": "skip"}}, "data.on_bad"),
-        ({"method": "slime", "training": {"max_length": 128, "max_prompt_length": 128}}, "training.max_prompt_length"),
-    ]
-    for config, key in bad:
-        with pytest.raises(RunConfigError, match=key.replace(".", r"\.")):
-            validate_run_config(config)
-    path = tmp_path / "run.json"
-    path.write_text(json.dumps({"method": "dpo", "loss_kwargs": {"beta": 0.1}, "training": {"max_grad_norm": 1.0}}))
-    loaded = load_run_config(path)
-    assert loaded["loss_kwargs"] == {"beta": 0.1} and loaded["training"]["max_grad_norm"] == 1.0
-
-
-def test_run_config_to_training_arguments():
-    from prefopt.run_config import to_training_arguments
-
-    args = to_training_arguments(validate_run_config({"method": "slime", "loss_kwargs": {"p": 2.0}}), "ckpt")
-    assert isinstance(args, PreferenceConfig)
-    assert args.loss_type == "slime" and args.loss_kwargs == {"p": 2.0}
-    assert args.max_grad_norm == 0.0  # null -> no clipping
-    assert args.use_cpu and not args.bf16 and not args.gradient_checkpointing
-    assert args.save_total_limit == 2 and args.lr_scheduler_type == "linear"
-
-
-def test_train_preference_full_finetune_with_eval(tiny_model_dir, tmp_path):
-    run_config = validate_run_config({
-        "method": "dpo", "loss_kwargs": {"beta": 0.1}, "lora": None,
-        "training": {"learning_rate": 1e-5, "max_steps": 2, "per_device_train_batch_size": 2,
-                     "gradient_accumulation_steps": 2, "save_steps": 50, "max_length": 128, "max_prompt_length": 96}})
-    rows = make_rows()
-    summary = train_preference(run_config, tiny_model_dir, rows, tmp_path / "out", tmp_path / "ckpt",
-                               eval_rows=rows[:2])
-    assert (tmp_path / "out" / "model" / "model.safetensors").exists()
-    assert summary["reference_forward_calls"] == 2 * 2 + 1  # 2 steps x 2 micro-batches, + 1 eval batch
-    assert {"eval_loss", "eval_rewards/accuracies", "eval_logps/chosen"} <= set(summary["eval_metrics"])
-    report = json.loads((tmp_path / "out" / "data_report.json").read_text())
-    assert report["total"] == 8 and report["bad"] == 0
+@pytest.mark.parametrize("weights", ["fp32", "bf16"])
+def test_bf16_autocast_first_losses_match_fp32(tiny_model_dir, tokenizer, tmp_path, weights):
+    fp32 = make_trainer(tiny_model_dir, tokenizer, tmp_path / "fp32", "slime", max_steps=3)
+    mixed = make_trainer(tiny_model_dir, tokenizer, tmp_path / "bf16", "slime", max_steps=3, bf16=True,
+                         weights=weights)
+    trained = [p for p in mixed.model.parameters() if p.requires_grad]
+    assert trained and all(p.dtype == torch.float32 for p in trained)  # fp32 master weights (LoRA + saved lm_head)
+    expected, actual = step_losses(fp32), step_losses(mixed)
+    assert actual == pytest.approx(expected, rel=BF16_LOSS_RELATIVE_TOLERANCE)
+    assert actual != pytest.approx(expected, abs=1e-6)  # autocast did run in bf16

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 
-from workflow_utils import REPO, copy_workflow, job_counts, snakemake, tiny_config, write_config
+from workflow_utils import copy_workflow, job_counts, snakemake, tiny_config, write_config
 
 
 @pytest.fixture(scope="module")
@@ -81,17 +82,56 @@ def test_bad_config_names_the_key(workdir, base_config, edit, expected):
     assert "Job stats" not in output  # nothing was scheduled
 
 
-def test_slurm_profile_dry_run_shows_gpu_resources(workdir):
-    result = snakemake(workdir, "-n", "--workflow-profile", "profiles/slurm", "--configfile", "configs/paper.yaml")
-    blocks = [block for block in result.stdout.split("\n\n") if "rule align:" in block or "rule sft:" in block]
-    assert len(blocks) == 17 + 3
-    for block in blocks:
-        resources = next(line for line in block.splitlines() if line.strip().startswith("resources:"))
-        # One 8-GPU job stays one SLURM task (plugin issue #459), on the configured GPU model.
-        assert "gpu=8" in resources and "tasks=0" in resources and "gpu_model=h100" in resources
-        command = block.split("Shell command:", 1)[1]
-        assert "accelerate launch --config_file configs/accelerate/zero2.yaml --num_processes 8" in command
-        assert "--require-gpus 8" in command
+@pytest.mark.parametrize(
+    "edit, line",
+    [
+        (lambda c: c["lora"].update(r=0), "config error: lora.r: 0 is less than the minimum of 1"),
+        (lambda c: c["methods"].update(slme={}), "config error: unknown method 'slme'; did you mean 'slime'?"),
+    ],
+)
+def test_schema_error_is_the_only_line_printed(workdir, base_config, edit, line):
+    config = copy.deepcopy(base_config)
+    edit(config)
+    result = dry_run(workdir, config)
+    assert result.returncode == 1
+    printed = [text for text in (result.stdout + result.stderr).splitlines()
+               if not text.startswith("Using workflow specific profile")]  # Snakemake's own first line
+    assert printed == [line]
+
+
+def test_split_checks_prompt_lengths_before_sft_and_reruns_on_dataset_edits(tmp_path, base_config):
+    """A too-long prompt stops the DAG at the split (before any SFT), naming its line; editing the
+    local dataset file reruns the split."""
+    from prefopt.demo_data import build_demo_dataset
+
+    workdir = copy_workflow(tmp_path / "workflow")
+    rows = build_demo_dataset(60, seed=0)
+    rows[9]["chosen"][0]["content"] = rows[9]["rejected"][0]["content"] = "word " * 400
+    dataset = tmp_path / "preferences.jsonl"
+    dataset.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = copy.deepcopy(base_config)
+    config["data"] = {"source": "ultrafeedback", "ultrafeedback": {"dataset": str(dataset)}, "sft_fraction": 0.33,
+                      "eval_size": 8, "seed": 0, "on_bad_rows": "error"}
+    config["evaluation"]["benchmarks"] = ["offline"]
+    config["models"]["tiny-b"]["enabled"] = False  # one model to prepare is enough
+    path = write_config(workdir / "uf.yaml", config)
+
+    failed = snakemake(workdir, "--cores", "2", "--configfile", str(path), check=False)
+    assert failed.returncode != 0
+    log = (workdir / "logs" / "split_data.log").read_text()
+    assert f"{dataset}:10: prompt_too_long: prompt has " in log
+    assert "> max_prompt_length 64 (tiny-a.sft)" in log and "fix them or set data.on_bad_rows: drop" in log
+    assert not list((workdir / "results").glob("*/sft"))
+
+    config["data"]["on_bad_rows"] = "drop"
+    write_config(path, config)
+    snakemake(workdir, "results/data/split/split.json", "--cores", "2", "--configfile", str(path))
+    report = json.loads((workdir / "results" / "data" / "split" / "split.json").read_text())["validation"]
+    assert [(bad["location"], bad["reason"]) for bad in report["bad_rows"]] == [(f"{dataset}:10", "prompt_too_long")]
+    assert "split_data" not in job_counts(dry_run(workdir, config, "uf.yaml").stdout)
+
+    dataset.write_text("".join(json.dumps(row) + "\n" for row in rows[:-5]))  # rows deleted
+    assert job_counts(dry_run(workdir, config, "uf.yaml").stdout)["split_data"] == 1
 
 
 def test_lint_is_clean(workdir):

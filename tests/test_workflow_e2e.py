@@ -1,5 +1,5 @@
 """The whole DAG on tiny models: tables, figures and report exist; an edited ablation reruns alone;
-a training job killed with SIGKILL resumes from its checkpoint."""
+a training job killed with SIGKILL resumes from its checkpoint, to the weights of an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -136,3 +136,13 @@ def test_killed_training_resumes_from_checkpoint(finished_run, tiny_models, tmp_
              (workdir / "results" / "tiny-a" / "align" / run_dir.name / "metrics.jsonl").read_text().splitlines()
              if '"loss"' in line]
     assert steps == sorted(set(steps)) and steps[-1] == 60
+
+    # The same identity resumed to the weights an uninterrupted run gives: force the job again, which
+    # now trains from step 0 (a published run leaves no checkpoint behind), and compare the bytes.
+    adapter = workdir / "results" / "tiny-a" / "align" / run_dir.name / "adapter" / "adapter_model.safetensors"
+    resumed_bytes = adapter.read_bytes()
+    assert not run_dir.exists()
+    snakemake(workdir, "--cores", "1", "--configfile", str(path), "--forcerun", "align")
+    again = json.loads((workdir / "results" / "tiny-a" / "align" / run_dir.name / "summary.json").read_text())
+    assert again["resumed_from"] is None and again["identity"] == summary["identity"]
+    assert adapter.read_bytes() == resumed_bytes

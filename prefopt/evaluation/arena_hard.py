@@ -1,22 +1,28 @@
-"""Arena-Hard (Li et al., 2024): pairwise judging against a baseline and arena-hard-auto v2's score.
+"""Arena-Hard (Li et al., 2024): pairwise judging against a baseline, arena-hard-auto v2's score and style control.
 
 The procedure follows arena-hard-auto v2 (github.com/lmarena/arena-hard-auto: gen_answer.py,
-gen_judgment.py, show_result.py, utils/judge_utils.py, config/arena-hard-v2.0.yaml). The SLIME
-paper uses the base Gemma-3-4B-it's answers as the baseline (section 5), not o3-mini.
+gen_judgment.py, show_result.py, utils/add_markdown_info.py, utils/math_utils.py,
+utils/judge_utils.py, config/arena-hard-v2.0.yaml). The SLIME paper uses the base
+Gemma-3-4B-it's answers as the baseline (section 5), not o3-mini.
 
 - Answers: one turn, greedy. Format ``{"uid", "ans_id", "model", "messages": [{"role": "user",
-  "content": prompt}, {"role": "assistant", "content": {"answer": text}}], "tstamp", "metadata"}``.
+  "content": prompt}, {"role": "assistant", "content": {"answer": text}}], "tstamp", "metadata"}``
+  with `answer_metadata` (token_len in the gpt-4o encoding, header/list/bold counts outside code).
 - Judging: two games per question with the official system prompt for the question's category
   (`SYSTEM_PROMPTS`) and `PROMPT_TEMPLATE`. Game 1 shows the baseline as assistant A and the model
   as B; game 2 swaps them. The judge ends with one of [[A>>B]], [[A>B]], [[A=B]], [[B>A]], [[B>>A]].
-- Parsing: every match of ``\\[\\[([AB<>=]+)\\]\\]``; exactly one distinct label is the verdict,
-  none or several distinct labels (or a label outside `LABEL_TO_SCORE`) is a failed game.
+- Parsing (gen_judgment.py ``get_score``): on the upper-cased judgment, the last match of
+  ``\\[\\[([AB<>=]+)\\]\\]``, or, when it has none, the last match of ``\\[([AB<>=]+)\\]``. A
+  label outside `LABEL_TO_SCORE` (upstream would stop with a KeyError) is a failed game.
 - Scoring (show_result.py, ``load_judgments`` and ``print_leaderboard``): each label becomes the
   model's outcomes (1 win, 0.5 tie, 0 loss); a strong verdict (>>) counts `STRONG_WEIGHT` = 3
   times. Game 2 reads the label from A's side (A = model), game 1 as 1 - A's score (A = baseline).
   A question with a failed game is dropped whole. The score is the mean over 100 bootstrap rounds
   (resampling the outcome list with replacement) of the mean outcome, times 100; the interval is
   the 5% and 95% quantiles of the bootstrap means, reported as offsets ("-1.1 / +1.0").
+- Style control (``show_result.py --control-features markdown length``, upstream's official
+  configuration): `style_control_score`, a Bradley-Terry fit with the model-vs-baseline
+  differences in length and markdown density as extra features; reported beside the plain score.
 """
 
 from __future__ import annotations
@@ -83,8 +89,11 @@ PROMPT_TEMPLATE = (
     "<|User Prompt|>\n{QUESTION}\n\n<|The Start of Assistant A's Answer|>\n{ANSWER_A}\n<|The End of Assistant A's "
     "Answer|>\n\n<|The Start of Assistant B's Answer|>\n{ANSWER_B}\n<|The End of Assistant B's Answer|>"
 )
-VERDICT_PATTERN = re.compile(r"\[\[([AB<>=]+)\]\]")
+# config/arena-hard-v2.0.yaml `regex_patterns`, tried in order.
+VERDICT_PATTERNS = (re.compile(r"\[\[([AB<>=]+)\]\]"), re.compile(r"\[([AB<>=]+)\]"))
 # show_result.py `label_to_score` with weight=3: assistant A's outcomes for each label.
+# show_result.py's style features, in the order of the metadata keys.
+STYLE_FEATURES = ("token_len", "header_count", "list_count", "bold_count")
 LABEL_TO_SCORE = {
     "A>B": [1.0],
     "A>>B": [1.0] * STRONG_WEIGHT,
@@ -105,20 +114,69 @@ def system_prompt_for(category: str | None) -> str:
 
 
 def parse_verdict(judgment: str) -> str | None:
-    """The unique ``[[label]]`` in the judge's text (arena-hard-auto's get_score), else None."""
-    labels = {label for label in VERDICT_PATTERN.findall(judgment) if label}
-    if len(labels) != 1:
-        return None
-    label = labels.pop()
-    return label if label in LABEL_TO_SCORE else None
+    """arena-hard-auto v2's ``get_score``: the last label of the first pattern that matches the
+    upper-cased judgment; None when none matches or the label is not one of `LABEL_TO_SCORE`."""
+    text = judgment.upper()
+    for pattern in VERDICT_PATTERNS:
+        labels = [label for label in pattern.findall(text) if label]
+        if labels:
+            label = labels[-1].strip("\n")
+            return label if label in LABEL_TO_SCORE else None
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
 # Answers
 
 
-def answer_record(question: dict, model_id: str, text: str, token_len: int | None = None) -> dict:
-    """One answer in arena-hard-auto v2's model_answer format."""
+# utils/add_markdown_info.py: the answer's code blocks are removed before markdown is counted.
+CODE_BLOCK_PATTERN = re.compile("```([^`]*)```")
+TOKEN_ENCODING = "o200k_base"  # tiktoken.encoding_for_model("gpt-4o")
+_encoding = None
+
+
+def _token_encoding():
+    """The gpt-4o encoding, offline: `bpe_openai` ships o200k_base (tiktoken would download it)."""
+    global _encoding
+    if _encoding is None:
+        import bpe_openai
+
+        _encoding = bpe_openai.get_encoding(TOKEN_ENCODING)
+    return _encoding
+
+
+def count_markdown(text: str) -> dict:
+    """Header, list and bold counts as add_markdown_info.py's count_markdown_elements has them."""
+    return {
+        "header_count": {f"h{level}": len(re.findall(rf"^#{{{level}}}\s", text, re.MULTILINE)) for level in range(1, 7)},
+        "list_count": {
+            "ordered": len(re.findall(r"^\s*\d+\.\s", text, re.MULTILINE)),
+            "unordered": len(re.findall(r"^\s*[-*+]\s", text, re.MULTILINE)),
+        },
+        "bold_count": {
+            "**": len(re.findall(r"\*\*[^*\n]+\*\*", text)),
+            "__": len(re.findall(r"__[^_\n]+__", text)),
+        },
+    }
+
+
+def remove_code_blocks(text: str) -> str:
+    """add_markdown_info.py's remove_pattern: every captured block *content* is deleted wherever it
+    occurs (the fences stay, and an identical string outside the block goes too)."""
+    for block in CODE_BLOCK_PATTERN.findall(text):
+        text = text.replace(block, "")
+    return text
+
+
+def answer_metadata(text: str) -> dict:
+    """Upstream's answer metadata: ``token_len`` (gpt-4o encoding, special tokens as plain text)
+    and the markdown counts of the answer without its code blocks."""
+    return {"token_len": len(_token_encoding().encode(text, disallowed_special=())),
+            **count_markdown(remove_code_blocks(text))}
+
+
+def answer_record(question: dict, model_id: str, text: str) -> dict:
+    """One answer in arena-hard-auto v2's model_answer format, with its style metadata."""
     return {
         "uid": question["uid"],
         "ans_id": uuid.uuid4().hex[:22],
@@ -126,8 +184,16 @@ def answer_record(question: dict, model_id: str, text: str, token_len: int | Non
         "messages": [{"role": "user", "content": question["prompt"]},
                      {"role": "assistant", "content": {"answer": text}}],
         "tstamp": time.time(),
-        "metadata": {"token_len": token_len} if token_len is not None else {},
+        "metadata": answer_metadata(text),
     }
+
+
+def style_metadata(answer: dict) -> dict:
+    """An answer's stored metadata, or (answers written without it) metadata computed from its text."""
+    metadata = answer.get("metadata") or {}
+    if all(key in metadata for key in STYLE_FEATURES):
+        return metadata
+    return answer_metadata(answer_text(answer))
 
 
 def answer_text(answer: dict) -> str:
@@ -162,8 +228,7 @@ def generate_arena_hard_answers(model, tokenizer, questions: list[dict], model_i
                 max_prompt_length=max_prompt_length, desc="answers",
             )
             for question, text in zip(chunk, texts):
-                token_len = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-                write(answer_record(question, model_id, text, token_len))
+                write(answer_record(question, model_id, text))
                 written += 1
             progress.update(len(chunk))
     return written
@@ -235,9 +300,10 @@ def judgment_rows(results: list[JudgeResult], judge_model: str) -> list[dict]:
             "uid": request.question_id, "category": request.meta["category"], "judge": judge_model,
             "model": request.model_id, "baseline": request.meta["baseline"], "games": [None, None],
         })
-        row["games"][request.meta["game"] - 1] = {
-            "score": result.verdict, "judgment": {"answer": result.judgment}, "prompt": request.messages,
-        }
+        game = {"score": result.verdict, "judgment": {"answer": result.judgment}, "prompt": request.messages}
+        if result.error:
+            game["error"] = result.error  # the judge rejected the request (HTTP 400): a failed game
+        row["games"][request.meta["game"] - 1] = game
     return list(rows.values())
 
 
@@ -343,14 +409,144 @@ def score_arena_hard(judgments: list[dict], *, seed: int = 0, n_bootstrap: int =
     selected = judgments if pooled else by_category_rows[category]
     main = summarize(selected, 0)
     if main["score"] is None:
-        raise ValueError(f"Arena-Hard scoring: every question of {category or 'all'} has a failed game; nothing to score")
+        log.warning("Arena-Hard scoring: every question of %s has a failed game; no score", category or "all")
     result = {
         "score": main["score"], "ci_low": main["ci_low"], "ci_high": main["ci_high"],
         "n_valid": main["n_valid"], "n_failed": main["n_failed"],
         "n_dropped_questions": main["n_dropped_questions"], "n_questions": main["n_questions"],
         "n_battles": main["n_battles"], "category": "all" if pooled else category,
         "judge_model": judgments[0]["judge"], "baseline": judgments[0]["baseline"], "model_id": judgments[0]["model"],
-        "bootstrap": main["bootstrap"],
+        "bootstrap": main.get("bootstrap"),
         "by_category": {name: summarize(rows, 0) for name, rows in sorted(by_category_rows.items())},
     }
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Style control
+
+
+def style_features(model_meta: dict, baseline_meta: dict) -> list[float]:
+    """show_result.py's raw style features of one battle, before the column normalisation.
+
+    Length: (m - b) / (m + b) of token_len. Markdown (headers, lists, bold, each summed over its
+    kinds): densities d = count / (token_len + 1), then (d_m - d_b) / (d_m + d_b + 1).
+    """
+    def vector(meta: dict) -> list[float]:
+        return [float(meta[key] if isinstance(meta[key], (int, float)) else sum(meta[key].values()))
+                for key in STYLE_FEATURES]
+
+    model, baseline = vector(model_meta), vector(baseline_meta)
+    total = model[0] + baseline[0]
+    features = [(model[0] - baseline[0]) / total if total else 0.0]
+    for m, b in zip(model[1:], baseline[1:]):
+        dm, db = m / (model[0] + 1), b / (baseline[0] + 1)
+        features.append((dm - db) / (dm + db + 1))
+    return features
+
+
+def _fit_bradley_terry(features, outcomes):
+    """utils/math_utils.py fit_pairwise_model, loss "bt": coefficients initialised at 0.5, summed
+    binary cross-entropy with logits (ties are 0.5 targets), L-BFGS lr 0.1, 50 iterations, tol 1e-9."""
+    import torch
+
+    coefs = torch.nn.Parameter(torch.full((features.shape[1],), 0.5))
+    optimizer = torch.optim.LBFGS([coefs], lr=0.1, max_iter=50, tolerance_grad=1e-9, tolerance_change=1e-9)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(features @ coefs, outcomes, reduction="sum")
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return coefs.detach()
+
+
+def style_control_scores(entries: list[tuple[list[dict], Iterable[dict]]], baseline_answers: Iterable[dict], *,
+                         seed: int = 0, n_bootstrap: int = 100, category: str | None = "hard_prompt") -> dict:
+    """Win rates (%) against the baseline with length and markdown controlled, for every model at
+    once, as ``show_result.py --control-features markdown length`` computes its leaderboard.
+
+    `entries`: one (judgment rows, answers) pair per model, all judged against the baseline whose
+    answers are `baseline_answers`. Every battle (one outcome of `question_outcomes`) gets the
+    features of `style_features`; each feature column is standardised over all battles of all
+    models ((x - mean) / std, std with n - 1), so, as upstream, a model's controlled score depends
+    on which models are pooled. The design matrix is one-hot players (+1 the model, -1 the
+    baseline) and the standardised features; a Bradley-Terry model is fit on each of
+    `n_bootstrap` resamples of the battles, and a model's win rate is sigmoid(its coefficient -
+    the baseline's). Score: the median over rounds; interval: 5% and 95% quantiles, as offsets.
+
+    Deviations: a feature column that is constant over the battles (e.g. no answer has a header)
+    has std 0, where upstream stops on a NaN assertion; here it is left out and listed in
+    ``dropped_features``. Resamples use ``np.random.default_rng(seed)``; upstream's are unseeded.
+    """
+    import torch
+
+    baseline_meta = {a["uid"]: style_metadata(a) for a in baseline_answers}
+    battles: list[tuple[str, list[float], float]] = []
+    models: list[str] = []
+    baselines = set()
+    for judgments, answers in entries:
+        model_meta = {a["uid"]: style_metadata(a) for a in answers}
+        for row in judgments:
+            if category not in (None, "all") and (row.get("category") or "hard_prompt") != category:
+                continue
+            baselines.add(row["baseline"])
+            if row["model"] not in models:
+                models.append(row["model"])
+            outcomes = question_outcomes(row)
+            if outcomes is None:
+                continue
+            for what, meta in (("model", model_meta), ("baseline", baseline_meta)):
+                if row["uid"] not in meta:
+                    raise ValueError(f"Arena-Hard style control: no {what} answer for uid {row['uid']} ({row['model']})")
+            features = style_features(model_meta[row["uid"]], baseline_meta[row["uid"]])
+            battles.extend((row["model"], features, outcome) for outcome in outcomes)
+    if len(baselines) > 1:
+        raise ValueError(f"Arena-Hard style control: judgments against several baselines {sorted(baselines)}")
+    names = ["length", "header", "list", "bold"]
+    result = {"category": "all" if category in (None, "all") else category, "n_battles": len(battles),
+              "features": names, "dropped_features": [], "n_rounds": n_bootstrap, "seed": seed,
+              "feature_coefficients": {}, "models": {}}
+    empty = {"score": None, "ci_low": None, "ci_high": None, "n_battles": 0}
+    if not battles:
+        result["models"] = {model: dict(empty) for model in models}
+        return result
+    if n_bootstrap < 1:
+        raise ValueError(f"Arena-Hard style control: n_bootstrap must be >= 1, got {n_bootstrap}")
+    raw = torch.tensor([features for _, features, _ in battles], dtype=torch.float64)
+    std = raw.std(dim=0) if len(battles) > 1 else torch.zeros(raw.shape[1], dtype=torch.float64)
+    keep = [i for i in range(raw.shape[1]) if std[i] > 0]
+    result["features"] = [names[i] for i in keep]
+    result["dropped_features"] = [names[i] for i in range(raw.shape[1]) if i not in keep]
+    normalized = (raw[:, keep] - raw[:, keep].mean(dim=0)) / std[keep]
+    # one_hot_encode: players sorted by name with the baseline among them; +1 model, -1 baseline.
+    baseline = baselines.pop()
+    players = sorted(set(models) | {baseline})
+    column = {name: index for index, name in enumerate(players)}
+    one_hot = torch.zeros((len(battles), len(players)), dtype=torch.float64)
+    for row_index, (model, _, _) in enumerate(battles):
+        one_hot[row_index, column[model]] = 1.0
+        one_hot[row_index, column[baseline]] = -1.0
+    design = torch.cat([one_hot, normalized], dim=1).float()
+    outcomes = torch.tensor([outcome for _, _, outcome in battles], dtype=torch.float32)
+    rng = np.random.default_rng(seed)
+    rounds = []
+    for _ in range(n_bootstrap):
+        index = torch.from_numpy(rng.integers(0, len(battles), size=len(battles)))
+        rounds.append(_fit_bradley_terry(design[index], outcomes[index]))
+    coefs = torch.stack(rounds).double()
+    for model in models:
+        n_model = sum(1 for name, _, _ in battles if name == model)
+        if not n_model:
+            result["models"][model] = dict(empty)
+            continue
+        # to_winrate_probabilities: exp(c_m) / (exp(c_m) + exp(c_b)).
+        rates = torch.sigmoid(coefs[:, column[model]] - coefs[:, column[baseline]]).numpy()
+        boot = {"score": float(np.quantile(rates, 0.5)) * 100, "lower": float(np.quantile(rates, 0.05)) * 100,
+                "upper": float(np.quantile(rates, 0.95)) * 100}
+        result["models"][model] = {**_rounded_summary(boot), "n_battles": n_model, "bootstrap": boot}
+    median = torch.quantile(coefs[:, len(players):], 0.5, dim=0).tolist() if keep else []
+    result["feature_coefficients"] = dict(zip(result["features"], median))
     return result

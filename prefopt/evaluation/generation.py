@@ -11,6 +11,7 @@ with the RNG seeded from ``seed`` and the batch index so a rerun gives the same 
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
@@ -74,10 +75,18 @@ def _left_pad(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tens
     return input_ids, attention_mask
 
 
-def _generation_config(max_new_tokens, temperature, top_p, top_k, stop_ids, pad_token_id):
+def _generation_config(max_new_tokens, temperature, top_p, top_k, stop_ids, pad_token_id, model_defaults=None):
     from transformers import GenerationConfig
 
     sampling = temperature > 0
+    if model_defaults is not None:
+        # FastChat's gen_model_answer.py: generate(do_sample=T > 1e-4, temperature=T, max_new_tokens=N);
+        # every other field (top_k, top_p, repetition penalty, ...) is the checkpoint's own.
+        config = copy.deepcopy(model_defaults)
+        config.update(max_new_tokens=max_new_tokens, do_sample=sampling,
+                      temperature=float(temperature) if sampling else None,
+                      eos_token_id=stop_ids, pad_token_id=pad_token_id, use_cache=True)
+        return config
     # Every sampling field is set explicitly: unset fields would fall back to the checkpoint's own
     # generation_config.json (e.g. a recommended temperature or repetition penalty).
     return GenerationConfig(
@@ -107,13 +116,16 @@ def generate_replies(
     batch_size: int = 8,
     seed: int = 0,
     max_prompt_length: int | None = None,
+    model_sampling_defaults: bool = False,
     desc: str = "generating",
 ) -> list[str]:
     """One reply per conversation (list of ``{"role", "content"}`` messages), in input order.
 
     Only the new tokens are decoded, up to the first stop token (eos or the template's
     end-of-turn), with special tokens skipped and surrounding whitespace stripped.
-    `top_k` (sampling only) is off unless given.
+    `top_k` (sampling only) is off unless given. With `model_sampling_defaults` (MT-Bench, as
+    FastChat samples), only `temperature` and `max_new_tokens` are set and every other generation
+    field, `top_p` and `top_k` included, is the model's ``generation_config``.
     """
     if temperature < 0:
         raise ValueError(f"generate_replies: temperature must be >= 0, got {temperature}")
@@ -123,7 +135,12 @@ def generate_replies(
         return []
     stop_ids = stop_token_ids(model, tokenizer)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-    config = _generation_config(max_new_tokens, temperature, top_p, top_k, stop_ids, pad_token_id)
+    model_defaults = None
+    if model_sampling_defaults:
+        from transformers import GenerationConfig
+
+        model_defaults = getattr(model, "generation_config", None) or GenerationConfig()
+    config = _generation_config(max_new_tokens, temperature, top_p, top_k, stop_ids, pad_token_id, model_defaults)
 
     prompts = [render_prompt_ids(tokenizer, conv) for conv in conversations]
     if max_prompt_length is not None:

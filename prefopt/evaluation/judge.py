@@ -1,48 +1,48 @@
-"""An LLM judge over the OpenAI chat-completions protocol: cached, retried, and careful with the key.
+"""An LLM judge over the OpenAI chat-completions protocol, through the official `openai` client.
 
 Any server that speaks ``POST {base_url}/chat/completions`` works: OpenAI, or a local vLLM,
-SGLang or llama.cpp server. The judge is configured by a small JSON file:
+SGLang, llama.cpp or ``transformers serve`` server. One benchmark's judge is a small JSON file
+(written by the DAG from the config's ``judge:`` block, `judge_settings`):
 
     {"base_url": "http://127.0.0.1:8000/v1", "model": "Qwen/Qwen2.5-72B-Instruct",
      "api_key_env": "OPENAI_API_KEY", "temperature": 0, "max_tokens": 2048,
-     "timeout_s": 120, "max_retries": 8, "parallel": 4}
+     "timeout_s": 120, "max_retries": 8, "parallel": 4, "parse_retries": 0}
 
     client = JudgeClient(JudgeConfig.from_file("judge.json"))
-    with JudgmentCache("results/judge_cache.jsonl") as cache:
+    with JudgmentCache("checkpoints/judge_cache/mt_bench.jsonl") as cache:
         results, stats = run_judgments(requests, client, cache)
 
 Guarantees (docs/judging.md):
-- The API key is read from the environment variable named by ``api_key_env`` at each request,
-  sent only in the ``Authorization`` header, and never kept on an object, logged, cached or put
-  in an exception message (every error text passes through `JudgeClient.redact`).
+- The API key is read from the environment variable named by ``api_key_env`` when a run starts
+  and handed only to the `openai` client of that run, which sends it in the ``Authorization``
+  header. No object of this module keeps it, and it never reaches a log, the cache or an
+  exception message (every error text passes through `JudgeClient.redact`).
 - Every judgment is appended to the cache and fsync'd as soon as it is made, keyed by
-  `judgment_key` (benchmark, question, turn/game, model, judge model, prompt), so a rerun after a
-  crash sends only the missing calls.
-- Timeouts, connection errors, HTTP 408/429/5xx and malformed replies are retried with
-  exponential backoff and jitter (``Retry-After`` is honoured), at most ``max_retries`` times.
-  Other HTTP errors (400, 401, 404, ...) fail at once: retrying cannot fix them.
-- A reply whose verdict cannot be parsed is asked again ``parse_retries`` times, then recorded
+  `judgment_key` (judge model, temperature, max_tokens, messages): a byte-identical request is
+  paid for once, whichever model or question it came from, and a rerun after a crash sends only
+  the missing calls.
+- Timeouts, connection errors and HTTP 408/409/429/5xx are retried by the `openai` client with
+  its exponential backoff (``Retry-After`` honoured), at most ``max_retries`` times; a reply that
+  is not chat-completions JSON is retried as often.
+- HTTP 400 fails that one judgment (as upstream drops that game): it is counted, not cached, and
+  the run goes on. Other client errors (401, 403, 404, ...) stop the run: retrying cannot fix them.
+- A reply without a verdict is asked again ``parse_retries`` times (upstream: never), then recorded
   (and cached) as a parse failure, which the scores count.
-- A judge that stays down stops the run with `JudgingFailed`, whose message says how many
-  judgments were made, how many came from the cache, how many are missing and where the cache is.
+- Once a request gives up, nothing new is sent: the requests in flight are cancelled and the run
+  stops with `JudgingFailed`, whose message says how many judgments were made, how many came
+  from the cache, how many are missing and where the cache is.
 """
 
 from __future__ import annotations
 
-import email.utils
+import asyncio
+import fcntl
 import hashlib
-import http.client
 import json
 import logging
 import os
-import random
-import socket
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -52,11 +52,14 @@ from tqdm.auto import tqdm
 log = logging.getLogger(__name__)
 
 REDACTED = "***"
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
-# HTTP statuses worth retrying: request timeout, rate limit, and server-side errors (>= 500).
-RETRIABLE_STATUSES = {408, 409, 429}
 # How much of an error body goes into a message.
 ERROR_BODY_CHARS = 300
+# Keys of one benchmark's judge settings (the JSON file above); every one is required.
+CONFIG_KEYS = ("base_url", "model", "api_key_env", "temperature", "max_tokens", "timeout_s", "max_retries",
+               "parallel", "parse_retries")
+# Keys of the config's `judge:` block shared by both benchmarks; a benchmark's section overrides.
+SHARED_KEYS = ("base_url", "model", "api_key_env", "timeout_s", "max_retries", "parallel", "parse_retries")
+BENCHMARK_KEYS = ("model", "temperature", "max_tokens")
 
 
 class JudgeError(RuntimeError):
@@ -68,7 +71,7 @@ class JudgeConfigError(JudgeError, ValueError):
 
 
 class JudgeRequestError(JudgeError):
-    """The server rejected a request in a way retrying cannot fix (HTTP 400, 401, 403, 404, ...)."""
+    """The server rejected a request in a way retrying cannot fix (HTTP 401, 403, 404, ...)."""
 
 
 class JudgeUnavailableError(JudgeError):
@@ -83,22 +86,31 @@ class JudgingFailed(JudgeError):
 # Configuration
 
 
+def judge_settings(judge: dict, benchmark: str) -> dict:
+    """One benchmark's judge settings from the config's (schema-validated) ``judge:`` block.
+
+    The shared connection keys, overridden by the benchmark's section; the section's ``model``
+    falls back to the shared ``model``.
+    """
+    section = judge.get(benchmark) or {}
+    settings = {key: judge[key] for key in SHARED_KEYS if key in judge}
+    settings.update({key: section[key] for key in BENCHMARK_KEYS if section.get(key) is not None})
+    return settings
+
+
 @dataclass(frozen=True)
 class JudgeConfig:
     """Where the judge is and how to call it. Holds the *name* of the key variable, never the key."""
 
     base_url: str
     model: str
-    api_key_env: str | None = "OPENAI_API_KEY"
-    temperature: float = 0.0
-    max_tokens: int = 2048
-    timeout_s: float = 120.0
-    max_retries: int = 8
-    parallel: int = 4
-    parse_retries: int = 2
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 60.0
-    retry_after_max_s: float = 300.0
+    api_key_env: str | None
+    temperature: float
+    max_tokens: int
+    timeout_s: float
+    max_retries: int
+    parallel: int
+    parse_retries: int
 
     def __post_init__(self):
         if not isinstance(self.base_url, str) or not self.base_url.startswith(("http://", "https://")):
@@ -114,9 +126,6 @@ class JudgeConfig:
             "max_retries": self.max_retries >= 0,
             "parallel": self.parallel >= 1,
             "parse_retries": self.parse_retries >= 0,
-            "backoff_base_s": self.backoff_base_s >= 0,
-            "backoff_max_s": self.backoff_max_s >= 0,
-            "retry_after_max_s": self.retry_after_max_s >= 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -131,19 +140,17 @@ class JudgeConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise JudgeConfigError(f"judge config: unknown key(s) {unknown}; known keys are {sorted(known)}")
-        for required in ("base_url", "model"):
+        for required in CONFIG_KEYS:
             if required not in data:
                 raise JudgeConfigError(f"judge config: missing required key '{required}'")
-        numeric = {"temperature": float, "timeout_s": float, "backoff_base_s": float, "backoff_max_s": float,
-                   "retry_after_max_s": float, "max_tokens": int, "max_retries": int, "parallel": int,
+        numeric = {"temperature": float, "timeout_s": float, "max_tokens": int, "max_retries": int, "parallel": int,
                    "parse_retries": int}
         values = dict(data)
         for name, kind in numeric.items():
-            if name in values:
-                value = values[name]
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-                    raise JudgeConfigError(f"judge config '{name}': expected a number, got {value!r}")
-                values[name] = kind(value)
+            value = values[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+                raise JudgeConfigError(f"judge config '{name}': expected a number, got {value!r}")
+            values[name] = kind(value)
         return cls(**values)
 
     @classmethod
@@ -159,7 +166,7 @@ class JudgeConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# HTTP client
+# Client
 
 
 @dataclass
@@ -170,35 +177,11 @@ class Completion:
     attempts: int
 
 
-class _RetriableError(Exception):
-    def __init__(self, description: str, retry_after: float | None = None):
-        super().__init__(description)
-        self.retry_after = retry_after
+class _Rejected(Exception):
+    """HTTP 400: this request fails, the run goes on."""
 
 
-def _parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _reply_text(raw: bytes) -> str:
-    """``choices[0].message.content`` of a chat-completions reply; anything else is malformed."""
-    try:
-        reply = json.loads(raw.decode("utf-8"))
-        content = reply["choices"][0]["message"].get("content")
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
-        raise _RetriableError(f"malformed chat-completions reply: {raw[:ERROR_BODY_CHARS]!r}") from None
+def _content_text(content) -> str:
     if content is None:
         return ""
     if isinstance(content, list):  # content parts
@@ -207,22 +190,14 @@ def _reply_text(raw: bytes) -> str:
 
 
 class JudgeClient:
-    """Sends chat-completions requests with retries. Thread-safe; holds no secret.
+    """Sends chat-completions requests through `openai.AsyncOpenAI`. Holds no secret.
 
-    `sleep` and `rng` are injectable so tests can check the backoff without waiting.
+    The `openai` client (and with it the key) lives only inside `session`, one per run.
     """
 
-    def __init__(self, config: JudgeConfig, *, sleep: Callable[[float], None] = time.sleep,
-                 rng: random.Random | None = None):
+    def __init__(self, config: JudgeConfig):
         self.config = config
         self.url = config.base_url.rstrip("/") + "/chat/completions"
-        self._sleep = sleep
-        self._rng = rng or random.Random()
-        self._rng_lock = threading.Lock()
-        host = urllib.parse.urlsplit(self.url).hostname or ""
-        # Loopback servers (vLLM, llama.cpp, the tests' fake judge) never go through a proxy.
-        handlers = [urllib.request.ProxyHandler({})] if host in LOOPBACK_HOSTS else []
-        self._opener = urllib.request.build_opener(*handlers)
         self._api_key()  # fail now, naming the variable, if the key is missing
 
     def __repr__(self) -> str:
@@ -253,71 +228,92 @@ class JudgeClient:
             text = parts[0] + "".join("Bearer " + REDACTED + _after_token(part) for part in parts[1:])
         return text
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.config.retry_after_max_s)
-        ceiling = min(self.config.backoff_max_s, self.config.backoff_base_s * (2 ** attempt))
-        with self._rng_lock:
-            # "Equal jitter": half the ceiling for sure, the other half at random.
-            return ceiling * (0.5 + 0.5 * self._rng.random())
+    def session(self):
+        """A fresh `openai.AsyncOpenAI` for one run (close it with ``await session.close()``)."""
+        import openai
 
-    def _post_once(self, body: bytes) -> str:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
         key = self._api_key()
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        try:
-            with self._opener.open(request, timeout=self.config.timeout_s) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as error:
-            status = error.code
+        # One INFO line per HTTP request from the transport is noise; openai's own retry notices stay.
+        for name in ("httpx", "httpx2"):
+            logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
+        # A local server without a key: the client wants some key, and the header is omitted per request.
+        return openai.AsyncOpenAI(base_url=self.config.base_url, api_key=key or "no-key",
+                                  timeout=self.config.timeout_s, max_retries=self.config.max_retries)
+
+    async def achat(self, session, messages: list[dict]) -> Completion:
+        """The judge's reply to `messages`; raises `_Rejected` on HTTP 400, `JudgeError` otherwise."""
+        import openai
+
+        config = self.config
+        headers = {} if config.api_key_env else {"Authorization": openai.Omit()}
+        attempts = 0
+        last_error = ""
+        # The openai client retries transport errors and 408/409/429/5xx itself; this loop only
+        # retries a 200 reply that is not chat-completions JSON, as often.
+        for _ in range(config.max_retries + 1):
             try:
-                detail = error.read()[:ERROR_BODY_CHARS].decode("utf-8", "replace")
-            except Exception:
-                detail = ""
-            description = f"HTTP {status} {detail}".strip()
-            if status in RETRIABLE_STATUSES or status >= 500:
-                raise _RetriableError(description, _parse_retry_after(error.headers.get("Retry-After"))) from None
-            raise JudgeRequestError(self.redact(f"judge {self.url} rejected the request: {description}")) from None
-        except (TimeoutError, socket.timeout):
-            raise _RetriableError(f"no reply within timeout_s={self.config.timeout_s}") from None
-        except urllib.error.URLError as error:
-            reason = error.reason
-            if isinstance(reason, (TimeoutError, socket.timeout)):
-                raise _RetriableError(f"no reply within timeout_s={self.config.timeout_s}") from None
-            raise _RetriableError(f"connection failed: {reason}") from None
-        except (ConnectionError, http.client.HTTPException, OSError) as error:
-            raise _RetriableError(f"connection failed: {type(error).__name__}: {error}") from None
-        return _reply_text(raw)
+                raw = await session.chat.completions.with_raw_response.create(
+                    model=config.model, messages=list(messages), temperature=config.temperature,
+                    max_tokens=config.max_tokens, extra_headers=headers)
+            except openai.BadRequestError as error:
+                raise _Rejected(self.redact(f"HTTP 400 {_error_text(error)}")) from None
+            except openai.APIStatusError as error:
+                attempts += config.max_retries + 1 if _retriable(error.status_code) else 1
+                description = f"HTTP {error.status_code} {_error_text(error)}"
+                if _retriable(error.status_code):
+                    last_error = self.redact(description)
+                    break
+                raise JudgeRequestError(self.redact(f"judge {self.url} rejected the request: {description}")) from None
+            except openai.APITimeoutError:
+                attempts += config.max_retries + 1
+                last_error = f"no reply within timeout_s={config.timeout_s}"
+                break
+            except openai.APIConnectionError as error:
+                attempts += config.max_retries + 1
+                cause = error.__cause__
+                last_error = self.redact(f"connection failed: {type(cause).__name__ if cause else ''} {cause or error}")
+                break
+            attempts += getattr(raw, "retries_taken", 0) + 1
+            try:
+                reply = raw.parse()
+                return Completion(_content_text(reply.choices[0].message.content), attempts)
+            except (ValueError, TypeError, AttributeError, IndexError, openai.APIResponseValidationError):
+                last_error = self.redact(f"malformed chat-completions reply: {raw.http_response.text[:ERROR_BODY_CHARS]!r}")
+                log.warning("judge %s: %s", self.url, last_error)
+        raise JudgeUnavailableError(
+            f"judge {self.url} (model {config.model}) failed {attempts} attempts; last error: {last_error}"
+        )
 
     def chat(self, messages: list[dict]) -> Completion:
-        """The judge's reply to `messages`, retrying transient failures (see the module docstring)."""
-        payload = {"model": self.config.model, "messages": list(messages),
-                   "temperature": self.config.temperature, "max_tokens": self.config.max_tokens}
-        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-        last_error = ""
-        for attempt in range(self.config.max_retries + 1):
+        """`achat` for one request, outside any event loop (HTTP 400 raises `JudgeRequestError`)."""
+
+        async def once():
+            session = self.session()
             try:
-                return Completion(self._post_once(body), attempt + 1)
-            except _RetriableError as error:
-                last_error = self.redact(str(error))
-                if attempt == self.config.max_retries:
-                    break
-                delay = self._backoff(attempt, error.retry_after)
-                log.warning("judge %s: %s; retry %d/%d in %.1fs", self.url, last_error, attempt + 1,
-                            self.config.max_retries, delay)
-                self._sleep(delay)
-        raise JudgeUnavailableError(
-            f"judge {self.url} (model {self.config.model}) failed {self.config.max_retries + 1} attempts; "
-            f"last error: {last_error}"
-        )
+                return await self.achat(session, messages)
+            except _Rejected as error:
+                raise JudgeRequestError(f"judge {self.url} rejected the request: {error}") from None
+            finally:
+                await session.close()
+
+        return asyncio.run(once())
+
+
+def _retriable(status: int) -> bool:
+    return status in (408, 409, 429) or status >= 500
+
+
+def _error_text(error) -> str:
+    body = getattr(error, "body", None)
+    if isinstance(body, dict) and body.get("message"):
+        return str(body["message"])[:ERROR_BODY_CHARS]
+    return str(getattr(error, "message", error))[:ERROR_BODY_CHARS]
 
 
 def _after_token(text: str) -> str:
     # What follows a masked bearer token: everything from the first whitespace or quote on.
     for index, char in enumerate(text):
-        if char.isspace() or char in "\"',;}":
+        if char.isspace() or char in "\"',;})":
             return text[index:]
     return ""
 
@@ -326,10 +322,9 @@ def _after_token(text: str) -> str:
 # Cache
 
 
-def judgment_key(benchmark: str, question_id: Any, slot: str, model_id: str, judge_model: str,
-                 messages: list[dict]) -> str:
-    """sha256 of (benchmark, question id, turn or game, model id, judge model, full prompt)."""
-    material = json.dumps([benchmark, str(question_id), slot, model_id, judge_model, list(messages)],
+def judgment_key(judge_model: str, temperature: float, max_tokens: int, messages: list[dict]) -> str:
+    """sha256 of what is sent: judge model, sampling settings and the full messages."""
+    material = json.dumps([judge_model, float(temperature), int(max_tokens), list(messages)],
                           ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
@@ -338,7 +333,8 @@ class JudgmentCache:
     """Append-only JSON-lines cache of judge replies, one fsync'd line per judgment.
 
     A line cut short by a crash is skipped on load (and a newline is written before the next
-    record), so the file stays readable after ``kill -9``.
+    record), so the file stays readable after ``kill -9``. Appends hold an exclusive ``flock``,
+    so judging jobs running side by side can share one cache file.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -361,12 +357,6 @@ class JudgmentCache:
                 log.warning("judge cache %s: skipped unreadable line(s) %s (a write cut short by a crash)",
                             self.path, self.skipped_lines[:10])
         self._handle = open(self.path, "a+b")
-        self._handle.seek(0, os.SEEK_END)
-        if self._handle.tell() > 0:
-            self._handle.seek(-1, os.SEEK_END)
-            if self._handle.read(1) != b"\n":
-                self._handle.write(b"\n")
-                self._fsync()
 
     def __enter__(self) -> "JudgmentCache":
         return self
@@ -387,16 +377,22 @@ class JudgmentCache:
     def get(self, key: str) -> dict | None:
         return self._records.get(key)
 
-    def _fsync(self) -> None:
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-
     def put(self, record: dict) -> None:
         """Append `record` (which has a ``key``) and fsync before returning."""
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         with self._lock:
-            self._handle.write(line)
-            self._fsync()
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX)
+            try:
+                self._handle.seek(0, os.SEEK_END)
+                if self._handle.tell() > 0:
+                    self._handle.seek(-1, os.SEEK_END)
+                    if self._handle.read(1) != b"\n":  # a line cut short by a crash
+                        line = b"\n" + line
+                self._handle.write(line)
+                self._handle.flush()
+                os.fsync(self._handle.fileno())
+            finally:
+                fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
             self._records[record["key"]] = record
 
 
@@ -422,9 +418,10 @@ class JudgeResult:
     request: JudgeRequest
     key: str
     judgment: str
-    verdict: Any  # None: the verdict could not be parsed after every retry
+    verdict: Any  # None: no verdict (unparseable after every retry, or the request was rejected)
     from_cache: bool
     calls: int  # HTTP attempts this judgment cost when it was made
+    error: str | None = None  # why the judge gave no reply (HTTP 400), else None
 
 
 @dataclass
@@ -434,23 +431,26 @@ class JudgingStats:
     n_cached: int = 0
     n_new: int = 0
     n_parse_failed: int = 0
+    n_rejected: int = 0
     n_http_attempts: int = 0
     cache_path: str = ""
 
     def summary(self) -> str:
         return (f"{self.n_unique} judgments: {self.n_cached} from cache, {self.n_new} new "
-                f"({self.n_http_attempts} HTTP attempts), {self.n_parse_failed} unparseable; cache {self.cache_path}")
+                f"({self.n_http_attempts} HTTP attempts), {self.n_parse_failed} unparseable, "
+                f"{self.n_rejected} rejected (HTTP 400); cache {self.cache_path}")
 
 
 def run_judgments(requests: list[JudgeRequest], client: JudgeClient, cache: JudgmentCache, *,
                   desc: str = "judging") -> tuple[list[JudgeResult], JudgingStats]:
-    """Judge every request (cached ones cost nothing), in parallel threads; results in input order.
+    """Judge every request (cached ones cost nothing), `parallel` at a time; results in input order.
 
-    Raises `JudgingFailed` if the judge stays down or rejects a request; what was judged before
-    that is in the cache.
+    Requests with the same `judgment_key` are sent once. Raises `JudgingFailed` as soon as one
+    request gives up (the judge stays down, or rejects a request with a non-400 client error);
+    what was judged before that is in the cache.
     """
-    judge_model = client.config.model
-    keys = [judgment_key(r.benchmark, r.question_id, r.slot, r.model_id, judge_model, r.messages) for r in requests]
+    config = client.config
+    keys = [judgment_key(config.model, config.temperature, config.max_tokens, r.messages) for r in requests]
     stats = JudgingStats(n_requests=len(requests), cache_path=str(cache.path))
     first_by_key: dict[str, JudgeRequest] = {}
     for key, request in zip(keys, requests):
@@ -459,67 +459,81 @@ def run_judgments(requests: list[JudgeRequest], client: JudgeClient, cache: Judg
     cached_keys = {key for key in first_by_key if key in cache}
     stats.n_cached = len(cached_keys)
     pending = [(key, request) for key, request in first_by_key.items() if key not in cached_keys]
-    stop = threading.Event()
-    counter_lock = threading.Lock()
+    rejected: dict[str, str] = {}
 
-    def judge_one(key: str, request: JudgeRequest) -> dict | None:
-        if stop.is_set():
-            return None
-        calls = 0
-        text = ""
-        verdict = None
-        for _ in range(client.config.parse_retries + 1):
-            completion = client.chat(request.messages)
-            calls += completion.attempts
-            text = completion.text
-            verdict = request.parse(text)
-            if verdict is not None:
-                break
-            log.warning("judge: no verdict in the reply for %s %s %s (%s); asking again",
-                        request.benchmark, request.question_id, request.slot, request.model_id)
-        record = {"key": key, "benchmark": request.benchmark, "question_id": request.question_id,
-                  "slot": request.slot, "model_id": request.model_id, "judge_model": judge_model,
-                  "judgment": client.redact(text), "parse_ok": verdict is not None, "calls": calls,
-                  "tstamp": time.time()}
-        cache.put(record)
-        with counter_lock:
-            stats.n_http_attempts += calls
-        return record
+    async def judge_all() -> None:
+        session = client.session()
+        semaphore = asyncio.Semaphore(config.parallel)
+        progress = tqdm(total=len(pending), desc=desc, unit="judgment")
 
-    failure: JudgeError | None = None
+        async def judge_one(key: str, request: JudgeRequest) -> None:
+            async with semaphore:
+                calls = 0
+                text = ""
+                verdict = None
+                try:
+                    for attempt in range(config.parse_retries + 1):
+                        completion = await client.achat(session, request.messages)
+                        calls += completion.attempts
+                        text = completion.text
+                        verdict = request.parse(text)
+                        if verdict is not None:
+                            break
+                        if attempt < config.parse_retries:
+                            log.warning("judge: no verdict in the reply for %s %s %s (%s); asking again",
+                                        request.benchmark, request.question_id, request.slot, request.model_id)
+                except _Rejected as error:
+                    log.warning("judge rejected %s %s %s (%s): %s; this judgment fails, the others go on",
+                                request.benchmark, request.question_id, request.slot, request.model_id, error)
+                    rejected[key] = str(error)
+                    stats.n_http_attempts += calls + 1
+                    progress.update(1)
+                    return
+                cache.put({"key": key, "benchmark": request.benchmark, "question_id": request.question_id,
+                           "slot": request.slot, "model_id": request.model_id, "judge_model": config.model,
+                           "temperature": config.temperature, "max_tokens": config.max_tokens,
+                           "judgment": client.redact(text), "parse_ok": verdict is not None, "calls": calls,
+                           "tstamp": time.time()})
+                stats.n_new += 1
+                stats.n_http_attempts += calls
+                progress.update(1)
+
+        tasks = [asyncio.ensure_future(judge_one(key, request)) for key, request in pending]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            failures = [task.exception() for task in done if not task.cancelled() and task.exception()]
+            if failures:
+                raise failures[0]
+        finally:
+            # The first failure (or Ctrl-C) cancels every other task: requests in flight are
+            # dropped and those still waiting for a slot never start.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            progress.close()
+            await session.close()
+
     if pending:
-        with ThreadPoolExecutor(max_workers=client.config.parallel) as pool:
-            futures = [pool.submit(judge_one, key, request) for key, request in pending]
-            try:
-                with tqdm(total=len(futures), desc=desc, unit="judgment") as progress:
-                    for future in as_completed(futures):
-                        try:
-                            if future.result() is not None:
-                                stats.n_new += 1
-                        except JudgeError as error:
-                            if failure is None:
-                                failure = error
-                            stop.set()
-                        progress.update(1)
-            except BaseException:
-                # A bug or Ctrl-C: send nothing more (the pool would otherwise drain the queue).
-                stop.set()
-                for future in futures:
-                    future.cancel()
-                raise
-    if failure is not None:
-        missing = stats.n_unique - stats.n_cached - stats.n_new
-        raise JudgingFailed(client.redact(
-            f"judging stopped: {failure}\n"
-            f"  judged in this run: {stats.n_new}; already cached: {stats.n_cached}; missing: {missing} "
-            f"of {stats.n_unique}\n"
-            f"  the cache is kept at {cache.path}; rerun the same command to send only the missing calls"
-        ))
+        try:
+            asyncio.run(judge_all())
+        except JudgeError as failure:
+            missing = stats.n_unique - stats.n_cached - stats.n_new - len(rejected)
+            raise JudgingFailed(client.redact(
+                f"judging stopped: {failure}\n"
+                f"  judged in this run: {stats.n_new}; already cached: {stats.n_cached}; missing: {missing} "
+                f"of {stats.n_unique}\n"
+                f"  the cache is kept at {cache.path}; rerun the same command to send only the missing calls"
+            )) from None
 
     results = []
     for key, request in zip(keys, requests):
+        if key in rejected:
+            results.append(JudgeResult(request, key, "", None, False, 0, rejected[key]))
+            continue
         record = cache.get(key)
         verdict = request.parse(record["judgment"])
         results.append(JudgeResult(request, key, record["judgment"], verdict, key in cached_keys, record["calls"]))
-    stats.n_parse_failed = sum(1 for key in first_by_key if first_by_key[key].parse(cache.get(key)["judgment"]) is None)
+    stats.n_rejected = len(rejected)
+    stats.n_parse_failed = sum(1 for key, request in first_by_key.items()
+                               if key not in rejected and request.parse(cache.get(key)["judgment"]) is None)
     return results, stats

@@ -4,7 +4,9 @@ The procedure follows FastChat's ``llm_judge`` (gen_model_answer.py, gen_judgmen
 show_result.py), which the SLIME paper calls "the official grading procedure" (section 4.1):
 
 - Answers: turn 2 is generated after turn 1's answer, with FastChat's per-category sampling
-  temperatures (`CATEGORY_TEMPERATURES`) and 1024 new tokens by default.
+  temperatures (`CATEGORY_TEMPERATURES`) and 1024 new tokens by default; as in FastChat's
+  gen_model_answer.py, every other sampling setting (top_k, top_p, ...) is the model's own
+  generation_config.
 - Judging: each turn is graded on 1-10 with the official prompts. Turn 1 uses ``single-v1``
   (``single-math-v1`` with a reference answer for math, reasoning and coding); turn 2 uses
   ``single-v1-multi-turn`` / ``single-math-v1-multi-turn``, which show the whole conversation.
@@ -117,7 +119,8 @@ def generate_mtbench_answers(model, tokenizer, questions: list[dict], model_id: 
                     texts = generate_replies(
                         model, tokenizer, [conversations[i] for i in active], max_new_tokens=max_new_tokens,
                         temperature=temperature, batch_size=batch_size, seed=seed + 1000 * chunk_index + turn,
-                        max_prompt_length=max_prompt_length, desc=f"turn {turn + 1} (T={temperature})",
+                        max_prompt_length=max_prompt_length, model_sampling_defaults=True,
+                        desc=f"turn {turn + 1} (T={temperature})",
                     )
                     for i, text in zip(active, texts):
                         conversations[i].append({"role": "assistant", "content": text})
@@ -214,6 +217,7 @@ def judgment_rows(results: list[JudgeResult], judge_model: str) -> list[dict]:
             "turn": request.meta["turn"],
             "category": request.meta["category"],
             "tstamp": time.time(),
+            **({"error": result.error} if result.error else {}),
         })
     return rows
 

@@ -68,7 +68,26 @@ def chunked_entropy(hidden_states: torch.Tensor, lm_head, *, softcap=None, logit
     return torch.cat(pieces)
 
 
-def _logps_and_chosen_entropy(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _pair_logps_and_chosen_entropy(model, batch: dict):
+    """(chosen_logps, chosen_mask, rejected_logps, rejected_mask, chosen_entropy), each `[B, tokens]`; the
+    entropy is that of the next-token distribution at each chosen completion token, 0 elsewhere."""
+    from prefopt.logprobs import is_packed_batch, packed_pair_token_logps, unwrap_causal_lm
+
+    causal_lm = unwrap_causal_lm(model)
+    if not is_packed_batch(batch):
+        token_logps, mask, entropy = _two_row_logps_and_chosen_entropy(model, batch)
+        half = token_logps.shape[0] // 2
+        return token_logps[:half], mask[:half], token_logps[half:], mask[half:], entropy
+    chosen_logps, chosen_mask, rejected_logps, rejected_mask, hidden = packed_pair_token_logps(
+        model, batch, return_chosen_hidden=True)
+    softcap, logit_scale = _head_settings(causal_lm)
+    entropy = torch.zeros(chosen_mask.shape, dtype=torch.float32, device=chosen_logps.device)
+    entropy[chosen_mask] = chunked_entropy(hidden, causal_lm.get_output_embeddings(), softcap=softcap,
+                                           logit_scale=logit_scale)
+    return chosen_logps, chosen_mask, rejected_logps, rejected_mask, entropy
+
+
+def _two_row_logps_and_chosen_entropy(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(token_logps [2B, T-1], mask [2B, T-1], entropy [B, T-1] on chosen completion positions, 0 elsewhere)."""
     from prefopt.logprobs import completion_token_logps, unwrap_causal_lm
 
@@ -124,7 +143,7 @@ def evaluate_offline(
     Rows are tokenized like training (`prefopt.logprobs.tokenize_pair`, same truncation), batched
     by length, and scored under `torch.no_grad()` in eval mode. `per_example` follows `rows`' order.
     """
-    from prefopt.logprobs import PairCollator, split_chosen_rejected, tokenize_pair
+    from prefopt.logprobs import pair_collator, tokenize_pair
 
     if not rows:
         raise ValueError("evaluate_offline: no rows")
@@ -141,7 +160,7 @@ def evaluate_offline(
         features.append(feature)
 
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    collate = PairCollator(pad_token_id)
+    collate = pair_collator(model, pad_token_id)  # shared-prompt packed rows where the model takes them
     order = sorted(range(len(features)), key=lambda i: len(features[i]["prompt_ids"])
                    + max(len(features[i]["chosen_ids"]), len(features[i]["rejected_ids"])), reverse=True)
     device = model.device
@@ -154,8 +173,9 @@ def evaluate_offline(
             for start in range(0, len(order), batch_size):
                 indices = order[start:start + batch_size]
                 batch = {key: value.to(device) for key, value in collate([features[i] for i in indices]).items()}
-                token_logps, mask, entropy = _logps_and_chosen_entropy(model, batch)
-                chosen_logps, chosen_mask, rejected_logps, rejected_mask = split_chosen_rejected(token_logps.float(), mask)
+                chosen_logps, chosen_mask, rejected_logps, rejected_mask, entropy = _pair_logps_and_chosen_entropy(
+                    model, batch)
+                chosen_logps, rejected_logps = chosen_logps.float(), rejected_logps.float()
                 chosen_counts = chosen_mask.sum(-1)
                 rejected_counts = rejected_mask.sum(-1)
                 chosen_mean = (chosen_logps * chosen_mask).sum(-1) / chosen_counts
@@ -176,6 +196,7 @@ def evaluate_offline(
                         "rejected_tokens": int(rejected_counts[position]),
                         "chosen_entropy_mean": float(entropy_mean[position]),
                         "rejected_token_logp_min": float(rejected_row.min()),
+                        "rejected_token_logps": rejected_row.tolist(),  # bootstraps the floor over pairs
                     }
                 progress.update(len(indices))
     finally:

@@ -10,7 +10,7 @@
 
 Writes --out atomically (only rank 0): adapter/ (or model/ for a full fine-tune), metrics.jsonl,
 summary.json, data_report.json. Checkpoints stay in --checkpoint-dir; rerunning the same command
-after a kill resumes from the newest complete one. Logs go to stderr.
+after a kill resumes from the newest complete checkpoint of the same identity. Logs go to stderr.
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ import sys
 from prefopt.cli import training_main, training_parser
 
 
-def load_train_fn():
-    from prefopt.trainer import train_preference
+def load_stage():
+    from prefopt.trainer import preference_stage
 
-    return train_preference
+    return preference_stage()
 
 
 def main(argv=None) -> int:
     parser = training_parser(__doc__.splitlines()[0], model_help="SFT (or prepared) model directory",
                              train_help="preference rows (JSON lines)")
-    return training_main("align", parser.parse_args(argv), load_train_fn)
+    return training_main("align", parser.parse_args(argv), load_stage)
 
 
 if __name__ == "__main__":

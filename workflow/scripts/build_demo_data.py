@@ -12,7 +12,7 @@ import logging
 import sys
 from collections import Counter
 
-from prefopt.data import write_jsonl
+from prefopt.io import write_jsonl
 from prefopt.demo_data import build_demo_dataset
 
 logger = logging.getLogger("build_demo_data")

@@ -48,7 +48,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
 
-    from prefopt.data import read_jsonl, validate_rows, write_json, write_jsonl
+    from prefopt.data import read_rows, validate_rows
+    from prefopt.io import write_json, write_jsonl
     from prefopt.models import load_for_inference
 
     if args.threads:
@@ -56,7 +57,8 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     started = time.time()
-    rows, _ = validate_rows(read_jsonl(args.eval), on_bad="error")
+    loaded = read_rows(args.eval)
+    rows, _ = validate_rows(loaded.rows, locations=loaded.locations, unparseable=loaded.unparseable, on_bad="error")
     log.info("%s: %d rows from %s; model %s adapter %s on %s", args.benchmark, len(rows), args.eval,
              args.model, args.adapter, device)
     model, tokenizer = load_for_inference(args.model, args.adapter, args.precision)

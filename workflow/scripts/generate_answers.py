@@ -1,13 +1,15 @@
 """Generate MT-Bench or Arena-Hard answers for one model, in the upstream file formats.
 
     python workflow/scripts/generate_answers.py --model results/models/sft --adapter results/runs/slime \\
-        --benchmark mt_bench --model-id gemma3-4b-slime --out results/answers/mt_bench/gemma3-4b-slime.jsonl
+        --benchmark mt_bench --model-id gemma3-4b-slime --out results/answers/mt_bench/gemma3-4b-slime.jsonl \\
+        --max-new-tokens 1024
     python workflow/scripts/generate_answers.py --model results/models/gemma3-4b-it --benchmark arena_hard \\
-        --model-id gemma3-4b-it --out results/answers/arena_hard/gemma3-4b-it.jsonl --max-new-tokens 4096
+        --model-id gemma3-4b-it --out results/answers/arena_hard/gemma3-4b-it.jsonl --max-new-tokens 8196
 
-MT-Bench: two turns (turn 2 sees turn 1's answer), FastChat's per-category temperatures, FastChat's
-model_answer records. Arena-Hard: one greedy turn, arena-hard-auto v2's model_answer records. The
-baseline model's answers come from this same script.
+MT-Bench: two turns (turn 2 sees turn 1's answer), FastChat's per-category temperatures (other
+sampling settings from the model's generation_config, as FastChat), FastChat's model_answer records.
+Arena-Hard: one greedy turn, arena-hard-auto v2's model_answer records with their style metadata.
+The baseline model's answers come from this same script.
 
 Resumable: finished answers are appended to OUT.partial (fsync'd); a rerun skips the questions
 already there, and the partial file is renamed to OUT when every question is answered.
@@ -35,8 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--questions", default=None,
                         help="question file (MT-Bench: question.jsonl; Arena-Hard: path, folder, version name "
                              "such as arena-hard-v2.0, or hub dataset id); default: the bundled questions")
-    parser.add_argument("--max-new-tokens", type=int, default=None,
-                        help="new-token cap per reply (default: 1024 for MT-Bench, 4096 for Arena-Hard)")
+    parser.add_argument("--max-new-tokens", type=int, required=True,
+                        help="new-token cap per reply (the DAG passes judge.mt_bench.max_new_tokens, upstream "
+                             "1024, or judge.arena_hard.max_new_tokens, upstream 8196)")
     parser.add_argument("--max-prompt-length", type=int, default=None,
                         help="keep only the last N prompt tokens (default: no truncation)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -131,11 +134,11 @@ def main(argv: list[str] | None = None) -> int:
                           max_prompt_length=args.max_prompt_length)
             if args.benchmark == "mt_bench":
                 mtbench.generate_mtbench_answers(model, tokenizer, pending, args.model_id,
-                                                 max_new_tokens=args.max_new_tokens or mtbench.DEFAULT_MAX_NEW_TOKENS,
+                                                 max_new_tokens=args.max_new_tokens,
                                                  **common)
             else:
                 arena_hard.generate_arena_hard_answers(model, tokenizer, pending, args.model_id,
-                                                       max_new_tokens=args.max_new_tokens or 4096, **common)
+                                                       max_new_tokens=args.max_new_tokens, **common)
     finally:
         writer.close()
 

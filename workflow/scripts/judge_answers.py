@@ -9,10 +9,15 @@
         --judge-config configs/judge.json --cache results/judge_cache/arena_hard.jsonl \\
         --out results/judgments/arena_hard/slime.jsonl
 
-Every judgment goes to the cache as soon as it is made, so a rerun after a crash sends only the
-missing calls. If the judge stays down the script exits with status 2 and says how many
-judgments were made, how many came from the cache, and where the cache is; the judgments file is
-written (atomically) only when every judgment is in. The API key never reaches a file or log.
+The judge config is one benchmark's settings (base_url, model, api_key_env, temperature,
+max_tokens, timeout_s, max_retries, parallel, parse_retries; the DAG writes it from the config's
+`judge:` block). Every judgment goes to the cache as soon as it is made, keyed by what is sent, so
+a rerun after a crash sends only the missing calls and jobs sharing the cache pay once for an
+identical prompt. A request the judge rejects with HTTP 400 fails that judgment (counted, written
+with an "error") and the job goes on. If the judge stays down the script stops sending, exits
+with status 2 and says how many judgments were made, how many came from the cache, and where the
+cache is; the judgments file is written (atomically) only when every judgment is in. The API key
+never reaches a file or log.
 """
 
 from __future__ import annotations
@@ -94,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = rows_for(results, config.model)
     write_jsonl(args.out, rows)
     logger.info("%s", stats.summary())
+    if stats.n_parse_failed or stats.n_rejected:
+        logger.warning("%d judgment(s) without a verdict and %d rejected by the judge: counted as failed in the scores",
+                       stats.n_parse_failed, stats.n_rejected)
     logger.info("wrote %d judgment rows to %s", len(rows), args.out)
     return 0
 

@@ -9,7 +9,7 @@
 
 Writes --out atomically (only rank 0): a full model directory with the LoRA merged in (safetensors +
 tokenizer with the same chat template), metrics.jsonl, summary.json, data_report.json. Rerunning
-after a kill resumes from the newest complete checkpoint in --checkpoint-dir. Logs go to stderr.
+after a kill resumes from the newest complete checkpoint of the same identity. Logs go to stderr.
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ import sys
 from prefopt.cli import training_main, training_parser
 
 
-def load_train_fn():
-    from prefopt.sft import train_sft
+def load_stage():
+    from prefopt.sft import sft_stage
 
-    return train_sft
+    return sft_stage()
 
 
 def main(argv=None) -> int:
     parser = training_parser(__doc__.splitlines()[0], model_help="prepared base model directory",
                              train_help="SFT rows (JSON lines; the chosen conversations are used)")
-    return training_main("sft", parser.parse_args(argv), load_train_fn)
+    return training_main("sft", parser.parse_args(argv), load_stage)
 
 
 if __name__ == "__main__":

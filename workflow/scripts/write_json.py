@@ -5,20 +5,16 @@
 
 import argparse
 import json
-import os
-from pathlib import Path
+
+from prefopt.io import write_json
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", required=True, help="the payload, as JSON text")
-    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    payload = json.loads(args.json)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, args.out)
+    write_json(args.out, json.loads(args.json), sort_keys=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,303 @@
+"""prefopt.job: run identity, resume only under one's own identity, non-finite steps, atomic publish.
+
+Kills are simulated by a callback that raises after a step, before that step's checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import json
+import logging
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from prefopt.guards import NonFiniteStepError
+from prefopt.io import write_jsonl
+from prefopt.job import IDENTITY_FILE, content_identity, job_identity, run_job, select_checkpoint
+from prefopt.run_config import RunConfigError, validate_run_config
+from prefopt.sft import sft_stage
+from prefopt.trainer import preference_stage
+from run_configs import complete_run_config
+
+PAIRS = [
+    ("What is 17 + 25?", "17 + 25 = 42.\n\nAnswer: 42", "17 + 25 = 43.\n\nAnswer: 43"),
+    ("Sort 9, 2, 5 ascending.", "2, 5, 9\n\nAnswer: 2, 5, 9", "2, 9, 5\n\nAnswer: 2, 9, 5"),
+    ("Convert 3 km to metres.", "3 km = 3000 m.\n\nAnswer: 3000", "3 km = 300 m.\n\nAnswer: 300"),
+    ("Reverse the word 'stone'.", "Reversed: enots\n\nAnswer: enots", "Reversed: etons\n\nAnswer: etons"),
+    ("What is 6 times 7?", "6 x 7 = 42.\n\nAnswer: 42", "6 x 7 = 48.\n\nAnswer: 48"),
+    ("Capitalise 'paris'.", "Paris\n\nAnswer: Paris", "paris\n\nAnswer: paris"),
+    ("How many grams in 2 kg?", "2 kg = 2000 g.\n\nAnswer: 2000", "2 kg = 20 g.\n\nAnswer: 20"),
+    ("Sort b, a, c.", "a, b, c\n\nAnswer: a, b, c", "b, a, c\n\nAnswer: b, a, c"),
+]
+SMALL = {"learning_rate": 1e-3, "max_steps": 4, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1,
+         "save_steps": 2, "max_length": 128, "max_prompt_length": 96}
+LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "modules_to_save": None}
+
+
+@pytest.fixture
+def train_file(tmp_path):
+    rows = []
+    for index, (prompt, chosen, rejected) in enumerate(PAIRS):
+        user = {"role": "user", "content": prompt}
+        rows.append({"prompt_id": f"pair-{index}", "prompt": prompt,
+                     "chosen": [user, {"role": "assistant", "content": chosen}],
+                     "rejected": [user, {"role": "assistant", "content": rejected}],
+                     "score_chosen": 1.0, "score_rejected": 0.0})
+    path = tmp_path / "pref.jsonl"
+    write_jsonl(path, rows)
+    return path
+
+
+def align_config(**training):
+    return complete_run_config("slime", training={**SMALL, **training}, lora=LORA)
+
+
+def sft_config(**training):
+    return complete_run_config("sft", training={**SMALL, **training}, lora=LORA)
+
+
+class CrashAfter(TrainerCallback):
+    """Stands in for a kill: the job dies after step `step`, before that step could be checkpointed."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt(f"simulated kill after step {self.step}")
+
+
+class InfiniteGradientAt(TrainerCallback):
+    """Multiplies one trainable parameter's gradient by inf during step `step` (the loss stays finite)."""
+
+    def __init__(self, step):
+        self.step, self.armed, self.hooked = step, False, False
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        self.armed = state.global_step + 1 == self.step
+        if not self.hooked:
+            parameter = next(p for p in model.parameters() if p.requires_grad)
+            parameter.register_hook(lambda grad: grad * float("inf") if self.armed else grad)
+            self.hooked = True
+
+
+def with_callback(stage, callback):
+    def build(*args):
+        trainer = stage.build(*args)
+        trainer.add_callback(callback)
+        return trainer
+
+    return dataclasses.replace(stage, build=build)
+
+
+def run(stage, config, model_dir, train_file, root, name="run"):
+    return run_job(stage, config, model_dir=model_dir, train_path=train_file, out_dir=root / name,
+                   checkpoint_dir=root / f"{name}-checkpoints")
+
+
+def steps(out_dir):
+    return [json.loads(line)["step"] for line in (out_dir / "metrics.jsonl").read_text().splitlines()
+            if '"loss"' in line]
+
+
+# ------------------------------------------------------------------------------------------ identity
+
+
+def test_identity_covers_settings_and_input_content(tmp_path, train_file):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(b"\x00" * 16)
+    base = job_identity(align_config(), {"model": model, "train": train_file})
+    assert base == job_identity(align_config(), {"model": model, "train": train_file})
+    assert base["id"] != job_identity(align_config(learning_rate=2e-3), {"model": model, "train": train_file})["id"]
+    (model / "weights.bin").write_bytes(b"\x01" + b"\x00" * 15)
+    assert base["id"] != job_identity(align_config(), {"model": model, "train": train_file})["id"]
+    before = content_identity(train_file)
+    train_file.write_text(train_file.read_text().splitlines()[0] + "\n")  # a row deleted
+    assert content_identity(train_file) != before
+
+
+def test_select_checkpoint_resumes_only_complete_checkpoints_of_its_identity(tmp_path):
+    def checkpoint(step, identity, complete=True):
+        path = tmp_path / f"checkpoint-{step}"
+        path.mkdir()
+        if identity:
+            (path / IDENTITY_FILE).write_text(json.dumps({"id": identity}))
+        if complete:
+            (path / "trainer_state.json").write_text("{}")
+        return path
+
+    own_2, own_4 = checkpoint(2, "mine"), checkpoint(4, "mine")
+    foreign, incomplete, unlabelled = checkpoint(6, "theirs"), checkpoint(8, "mine", complete=False), checkpoint(10, None)
+    resume, stale = select_checkpoint(tmp_path, "mine")
+    assert resume == own_4
+    assert sorted(stale) == sorted([foreign, incomplete, unlabelled])
+    assert own_2 not in stale
+    assert select_checkpoint(tmp_path / "missing", "mine") == (None, [])
+
+
+def test_run_config_must_be_complete():
+    config = align_config()
+    assert validate_run_config(config) is config
+    del config["training"]["weight_decay"]
+    with pytest.raises(RunConfigError, match=r"'training\.weight_decay' is missing"):
+        validate_run_config(config)
+    config = align_config()
+    del config["loss_kwargs"]["p"]
+    with pytest.raises(RunConfigError, match=r"'loss_kwargs\.p' is missing"):
+        validate_run_config(config)
+    with pytest.raises(RunConfigError, match=r"'data\.on_bad'"):
+        validate_run_config({**align_config(), "data": {"on_bad": "drop"}})
+
+
+# ---------------------------------------------------------------------------------------- alignment
+
+
+def test_align_resumes_its_own_checkpoint_to_the_same_weights(tiny_model_dir, train_file, tmp_path, caplog):
+    config = align_config()
+    straight = run(preference_stage(), config, tiny_model_dir, train_file, tmp_path, "straight")
+    assert straight["resumed_from"] is None and straight["global_step"] == 4
+    assert not (tmp_path / "straight-checkpoints").exists()  # published runs leave no state to resume
+
+    with pytest.raises(KeyboardInterrupt):
+        run(with_callback(preference_stage(), CrashAfter(3)), config, tiny_model_dir, train_file, tmp_path)
+    assert not (tmp_path / "run").exists()
+    assert json.loads((tmp_path / "run-checkpoints" / "checkpoint-2" / IDENTITY_FILE).read_text())["id"] \
+        == job_identity(config, {"model": tiny_model_dir, "train": train_file})["id"]
+    with caplog.at_level(logging.INFO, logger="prefopt.job"):
+        resumed = run(preference_stage(), config, tiny_model_dir, train_file, tmp_path)
+    assert "resuming from checkpoint-2" in caplog.text
+    assert resumed["resumed_from"] == "checkpoint-2" and resumed["identity"] == straight["identity"]
+    assert steps(tmp_path / "run") == [1, 2, 3, 4]
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").read_bytes() == \
+        (tmp_path / "straight" / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert json.loads((tmp_path / "run" / "identity.json").read_text())["id"] == resumed["identity"]
+
+
+def test_align_never_resumes_a_checkpoint_of_other_settings(tiny_model_dir, train_file, tmp_path, caplog):
+    with pytest.raises(KeyboardInterrupt):
+        run(with_callback(preference_stage(), CrashAfter(3)), align_config(), tiny_model_dir, train_file, tmp_path)
+    changed = align_config(learning_rate=5e-3)
+    with caplog.at_level(logging.INFO, logger="prefopt.job"):
+        summary = run(preference_stage(), changed, tiny_model_dir, train_file, tmp_path)
+    lines = [r.getMessage() for r in caplog.records if "not resumable" in r.getMessage()]
+    assert len(lines) == 1 and "checkpoint-2" in lines[0]
+    assert summary["resumed_from"] is None and steps(tmp_path / "run") == [1, 2, 3, 4]
+    assert summary["run_config"]["training"]["learning_rate"] == 5e-3
+    fresh = run(preference_stage(), changed, tiny_model_dir, train_file, tmp_path, "fresh")
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").read_bytes() == \
+        (tmp_path / "fresh" / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert fresh["identity"] == summary["identity"]
+
+
+@pytest.mark.parametrize("stage_factory, make_config", [(preference_stage, align_config), (sft_stage, sft_config)],
+                         ids=["align", "sft"])
+def test_non_finite_gradient_stops_before_the_update(stage_factory, make_config, tiny_model_dir, train_file,
+                                                     tmp_path):
+    config = make_config(save_steps=1)
+    stage = with_callback(stage_factory(), InfiniteGradientAt(3))
+    with pytest.raises(NonFiniteStepError, match=r"global step 3: loss terms finite, gradient norm non-finite"):
+        run(stage, config, tiny_model_dir, train_file, tmp_path)
+    checkpoints = sorted(p.name for p in (tmp_path / "run-checkpoints").glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-1", "checkpoint-2"]  # step 3 was neither applied nor saved
+    for file in (tmp_path / "run-checkpoints").rglob("*.safetensors"):
+        for name, tensor in load_file(file).items():
+            assert torch.isfinite(tensor).all(), f"{file.parent.name}/{name}"
+    assert not (tmp_path / "run").exists()
+    # A rerun of the same settings resumes the last finite checkpoint and meets the same step again.
+    with pytest.raises(NonFiniteStepError, match="global step 3"):
+        run(with_callback(stage_factory(), InfiniteGradientAt(3)), config, tiny_model_dir, train_file, tmp_path)
+
+
+def test_sft_resumes_and_publishes_a_merged_model(tiny_model_dir, train_file, tmp_path):
+    from prefopt.models import load_for_inference
+
+    with pytest.raises(KeyboardInterrupt):
+        run(with_callback(sft_stage(), CrashAfter(3)), sft_config(), tiny_model_dir, train_file, tmp_path)
+    summary = run(sft_stage(), sft_config(), tiny_model_dir, train_file, tmp_path)
+    assert summary["resumed_from"] == "checkpoint-2" and summary["merged_lora"]
+    assert steps(tmp_path / "run") == [1, 2, 3, 4]
+    straight = run(sft_stage(), sft_config(), tiny_model_dir, train_file, tmp_path, "straight")
+    assert straight["resumed_from"] is None
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == (tmp_path / "straight" / "model.safetensors").read_bytes()
+    model, tokenizer = load_for_inference(tmp_path / "run")
+    assert tokenizer.chat_template is not None
+    # Other SFT settings: never the old checkpoint.
+    with pytest.raises(KeyboardInterrupt):
+        run(with_callback(sft_stage(), CrashAfter(3)), sft_config(), tiny_model_dir, train_file, tmp_path, "other")
+    changed = run(sft_stage(), sft_config(learning_rate=2e-3), tiny_model_dir, train_file, tmp_path, "other")
+    assert changed["resumed_from"] is None and changed["run_config"]["training"]["learning_rate"] == 2e-3
+    assert (tmp_path / "other" / "model.safetensors").read_bytes() != (tmp_path / "run" / "model.safetensors").read_bytes()
+
+
+def test_run_config_to_training_arguments():
+    from prefopt.run_config import to_training_arguments
+    from prefopt.trainer import PreferenceConfig
+
+    config = complete_run_config("slime", loss_kwargs={"p": 2.0})
+    args = to_training_arguments(config, "ckpt", PreferenceConfig)
+    assert args.loss_type == "slime" and args.loss_kwargs["p"] == 2.0 and args.loss_kwargs == config["loss_kwargs"]
+    assert args.max_grad_norm == 0.0  # null -> no clipping (paper, section 4.1)
+    assert args.use_cpu and not args.bf16 and not args.gradient_checkpointing
+    assert args.save_total_limit == 2 and args.lr_scheduler_type == "linear" and args.learning_rate == 5e-7
+
+
+def test_full_finetune_dpo_with_held_out_rows(tiny_model_dir, train_file, tmp_path):
+    config = complete_run_config("dpo", training={**SMALL, "learning_rate": 1e-5, "max_steps": 2,
+                                                  "gradient_accumulation_steps": 2, "save_steps": 50}, lora=None)
+    summary = run_job(preference_stage(), config, model_dir=tiny_model_dir, train_path=train_file,
+                      out_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt", eval_path=train_file)
+    assert (tmp_path / "out" / "model" / "model.safetensors").exists()
+    assert summary["reference_forward_calls"] == 2 * 2 + 1  # 2 steps x 2 micro-batches, + 1 eval batch of 8 (<= 16)
+    assert {"eval_loss", "eval_rewards/accuracies", "eval_logps/chosen"} <= set(summary["eval_metrics"])
+    report = json.loads((tmp_path / "out" / "data_report.json").read_text())
+    assert report["total"] == 8 and report["bad"] == 0
+
+
+def test_probes_score_the_same_pairs_at_step_0_and_every_k_steps_across_a_resume(tiny_model_dir, train_file, tmp_path):
+    from prefopt.probes import probe_records
+    from prefopt.trainer import read_metric_records
+
+    config = {**align_config(), "probes": {"every_steps": 2, "pairs": 3}}
+    with pytest.raises(KeyboardInterrupt):
+        run_job(with_callback(preference_stage(), CrashAfter(3)), config, model_dir=tiny_model_dir,
+                train_path=train_file, out_dir=tmp_path / "run", checkpoint_dir=tmp_path / "ckpt", probe_path=train_file)
+    summary = run_job(preference_stage(), config, model_dir=tiny_model_dir, train_path=train_file,
+                      out_dir=tmp_path / "run", checkpoint_dir=tmp_path / "ckpt", probe_path=train_file)
+    assert summary["resumed_from"] == "checkpoint-2"
+    probes = probe_records(read_metric_records(tmp_path / "run" / "metrics.jsonl"))
+    assert [record["step"] for record in probes] == [0, 2, 4]
+    assert all(len(record["probe"]["chosen"]) == 3 for record in probes)
+    first, last = probes[0]["probe"], probes[-1]["probe"]
+    assert first["margin_mean"] == pytest.approx(first["chosen_logp_mean"] - first["rejected_logp_mean"], abs=1e-6)
+    assert last["chosen"] != first["chosen"]  # the model moved between step 0 and step 4
+    with pytest.raises(ValueError, match="no probe rows"):
+        run_job(preference_stage(), config, model_dir=tiny_model_dir, train_path=train_file,
+                out_dir=tmp_path / "other", checkpoint_dir=tmp_path / "ckpt2")
+
+
+def test_kept_checkpoints_of_a_published_job_are_never_resumed(tiny_model_dir, train_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFOPT_KEEP_CHECKPOINTS", "1")
+    first = run(preference_stage(), align_config(), tiny_model_dir, train_file, tmp_path)
+    kept = tmp_path / "run-checkpoints"
+    assert (kept / "published.json").exists() and (kept / "checkpoint-4").exists()
+    assert select_checkpoint(kept, first["identity"]) == (None, sorted(kept.glob("checkpoint-*"), reverse=True))
+    monkeypatch.delenv("PREFOPT_KEEP_CHECKPOINTS")
+    again = run(preference_stage(), align_config(), tiny_model_dir, train_file, tmp_path)
+    assert again["resumed_from"] is None and not kept.exists()
+
+
+@pytest.mark.parametrize("stage_factory, make_config", [(preference_stage, align_config), (sft_stage, sft_config)],
+                         ids=["align", "sft"])
+def test_bf16_jobs_train_fp32_master_weights(stage_factory, make_config, tiny_model_dir, train_file, tmp_path):
+    """precision bf16: autocast over a bf16 base with fp32 trained parameters; finite, published weights."""
+    config = make_config(max_steps=2)
+    config["training"]["precision"] = "bf16"
+    summary = run(stage_factory(), config, tiny_model_dir, train_file, tmp_path)
+    assert summary["precision"] == "bf16" and summary["global_step"] == 2
+    assert all(math.isfinite(record["loss"]) for record in
+               (json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+               if "loss" in record)
