@@ -21,17 +21,8 @@ from prefopt.run_config import RunConfigError, validate_run_config
 from prefopt.sft import sft_stage
 from prefopt.trainer import preference_stage
 from run_configs import complete_run_config
+from test_trainer import make_rows
 
-PAIRS = [
-    ("What is 17 + 25?", "17 + 25 = 42.\n\nAnswer: 42", "17 + 25 = 43.\n\nAnswer: 43"),
-    ("Sort 9, 2, 5 ascending.", "2, 5, 9\n\nAnswer: 2, 5, 9", "2, 9, 5\n\nAnswer: 2, 9, 5"),
-    ("Convert 3 km to metres.", "3 km = 3000 m.\n\nAnswer: 3000", "3 km = 300 m.\n\nAnswer: 300"),
-    ("Reverse the word 'stone'.", "Reversed: enots\n\nAnswer: enots", "Reversed: etons\n\nAnswer: etons"),
-    ("What is 6 times 7?", "6 x 7 = 42.\n\nAnswer: 42", "6 x 7 = 48.\n\nAnswer: 48"),
-    ("Capitalise 'paris'.", "Paris\n\nAnswer: Paris", "paris\n\nAnswer: paris"),
-    ("How many grams in 2 kg?", "2 kg = 2000 g.\n\nAnswer: 2000", "2 kg = 20 g.\n\nAnswer: 20"),
-    ("Sort b, a, c.", "a, b, c\n\nAnswer: a, b, c", "b, a, c\n\nAnswer: b, a, c"),
-]
 SMALL = {"learning_rate": 1e-3, "max_steps": 4, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1,
          "save_steps": 2, "max_length": 128, "max_prompt_length": 96}
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "modules_to_save": None}
@@ -39,15 +30,8 @@ LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj
 
 @pytest.fixture
 def train_file(tmp_path):
-    rows = []
-    for index, (prompt, chosen, rejected) in enumerate(PAIRS):
-        user = {"role": "user", "content": prompt}
-        rows.append({"prompt_id": f"pair-{index}", "prompt": prompt,
-                     "chosen": [user, {"role": "assistant", "content": chosen}],
-                     "rejected": [user, {"role": "assistant", "content": rejected}],
-                     "score_chosen": 1.0, "score_rejected": 0.0})
     path = tmp_path / "pref.jsonl"
-    write_jsonl(path, rows)
+    write_jsonl(path, make_rows())  # 8 short arithmetic/sorting pairs
     return path
 
 
