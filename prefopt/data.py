@@ -26,7 +26,7 @@ from typing import Any, Iterable, Literal, Sequence
 
 from tqdm.auto import tqdm
 
-from prefopt.io import read_jsonl, write_json, write_jsonl  # noqa: F401  (JSON lines live in prefopt.io; re-exported)
+from prefopt.io import iter_jsonl, read_jsonl, write_json, write_jsonl  # noqa: F401  (JSON lines live in prefopt.io; re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -66,16 +66,13 @@ class SourceRows:
 def read_jsonl_rows(path: str | os.PathLike) -> SourceRows:
     """The rows of a JSON-lines file with their ``PATH:LINE`` locations; bad lines are collected, not raised."""
     rows, locations, unparseable = [], [], []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line.rstrip("\r\n")))
-                locations.append(f"{path}:{line_number}")
-            except json.JSONDecodeError as error:
-                unparseable.append({"location": f"{path}:{line_number}", "detail": f"not JSON: {error}",
-                                    "before_row": len(rows)})
+    for line_number, value, error in iter_jsonl(path):
+        if error is None:
+            rows.append(value)
+            locations.append(f"{path}:{line_number}")
+        else:
+            unparseable.append({"location": f"{path}:{line_number}", "detail": f"not JSON: {error}",
+                                "before_row": len(rows)})
     return SourceRows(rows, locations, unparseable)
 
 

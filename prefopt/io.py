@@ -84,6 +84,19 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> Path:
     return Path(path)
 
 
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any, json.JSONDecodeError | None]]:
+    """(1-based line number, value, None) for each non-blank line of a JSON-lines file, or
+    (line number, None, the decode error) for a line that is not JSON; the caller decides what that means."""
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield line_number, json.loads(line.rstrip("\r\n")), None
+            except json.JSONDecodeError as error:
+                yield line_number, None, error
+
+
 def read_jsonl(path: str | os.PathLike) -> list:
     """The values of a JSON-lines file; blank lines are skipped.
 
@@ -91,14 +104,10 @@ def read_jsonl(path: str | os.PathLike) -> list:
     1-based line number.
     """
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line.rstrip("\r\n")))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: not JSON: {error}") from error
+    for line_number, value, error in iter_jsonl(path):
+        if error is not None:
+            raise ValueError(f"{path}:{line_number}: not JSON: {error}") from error
+        rows.append(value)
     return rows
 
 

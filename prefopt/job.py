@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from prefopt.io import read_jsonl, write_json, write_jsonl
+from prefopt.trainer import TRAINER_STATE_NAME, prepare_metrics_file, read_metric_records
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ PUBLISHED_FILE = "published.json"  # in a checkpoint folder kept after publishin
 # published, so no later job resumes them.
 KEEP_CHECKPOINTS_ENV = "PREFOPT_KEEP_CHECKPOINTS"
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
-TRAINER_STATE_NAME = "trainer_state.json"
 
 
 # ------------------------------------------------------------------------------------------- identity
@@ -187,7 +187,6 @@ def run_job(stage: Stage, run_config: dict, *, model_dir, train_path, out_dir, c
     from transformers import set_seed
 
     from prefopt.models import load_tokenizer
-    from prefopt.trainer import prepare_metrics_file, read_metric_records
 
     started = time.time()
     model_dir, out_dir, checkpoint_dir = Path(model_dir), Path(out_dir), Path(checkpoint_dir)

@@ -31,10 +31,11 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from prefopt.guards import FiniteStepsMixin, NonFiniteStepError
-from prefopt.io import append_jsonl, write_jsonl
+from prefopt.io import append_jsonl, iter_jsonl, write_jsonl
 from prefopt.logprobs import (
     adapters_disabled,
     pair_collator,
@@ -47,7 +48,6 @@ from prefopt.models import upcast_trainable_parameters
 
 logger = logging.getLogger(__name__)
 
-TRAINER_STATE_NAME = "trainer_state.json"
 
 
 class NonFiniteLossError(NonFiniteStepError):
@@ -138,16 +138,13 @@ def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
 
 def read_metric_records(path: str | os.PathLike) -> list[dict]:
     """The records of a metrics file; a partial last line (a job killed mid-write) is dropped with a warning."""
-    path = Path(path)
+    if not Path(path).exists():
+        return []
     records = []
-    if not path.exists():
-        return records
-    for line_number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+    for line_number, record, error in iter_jsonl(path):
+        if error is None:
+            records.append(record)
+        else:
             logger.warning("%s:%d: dropping an unreadable metrics line", path, line_number)
     return records
 
