@@ -224,10 +224,6 @@ def align_dir(model: str, run: str) -> str:
     return f"{RESULTS}/{model}/align/{run}"
 
 
-def run_config_path(model: str, run: str) -> str:
-    return f"{RESULTS}/{model}/runs/{run}.json"
-
-
 def checkpoint_dir(config: dict, model: str, run: str) -> str:
     return f"{config['checkpoint_dir']}/{model}/{run}"
 
