@@ -82,6 +82,9 @@ def parse_args(argv=None):
     parser.add_argument("--json", default=None, help="JSON output: median_step_s, peak_rss_delta_mb, ... per trainer")
     parser.add_argument("--trainers", default=",".join(TRAINERS), help=f"comma-separated subset of {TRAINERS}")
     parser.add_argument("--pairs", type=int, default=None, help="pairs per step (default: the shape's)")
+    parser.add_argument("--row-tokens", type=int, default=None,
+                        help="tokens per packed row for slime_all / slime_packed (0: one sequence per row; "
+                             "default: prefopt.logprobs.PACKED_ROW_TOKENS)")
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--save-lm-head", action="store_true", help="also train lm_head (modules_to_save)")
     parser.add_argument("--warmup", type=int, default=2)
@@ -189,8 +192,10 @@ def build_trainer(name, model, tokenizer, rows, args, output_dir, max_steps):
 
         layout = SLIME_VARIANTS[name][1]
         pad = tokenizer.pad_token_id
+        packed = {} if args.row_tokens is None else {"row_tokens": args.row_tokens or None}
         collator = {"two_rows": PairCollator(pad), "shared_prompt": PackedPairCollator(pad, row_tokens=None),
-                    "packed_rows": PackedPairCollator(pad, shared_prompt=False), "default": None}[layout]
+                    "packed_rows": PackedPairCollator(pad, shared_prompt=False, **packed),
+                    "default": PackedPairCollator(pad, **packed) if packed else None}[layout]
         config = PreferenceConfig(loss_type="slime", max_length=max_length, max_prompt_length=max_prompt_length,
                                   **common)
         trainer = PreferenceTrainer(model, config, train_dataset=rows, processing_class=tokenizer,
@@ -355,6 +360,8 @@ def main(argv=None) -> int:
                 command += ["--threads", str(args.threads)]
             if args.save_lm_head:
                 command.append("--save-lm-head")
+            if args.row_tokens is not None:
+                command += ["--row-tokens", str(args.row_tokens)]
             log.info("running %s in a fresh process", name)
             completed = subprocess.run(command, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
             if completed.returncode != 0:

@@ -471,8 +471,9 @@ def adapters_disabled(model):
 # `[B, tokens]` tensors in the pairs' own order, so the losses see the same tensors whatever the packing.
 
 # Tokens per packed row, about: a batch of N tokens is packed into ceil(N / PACKED_ROW_TOKENS) balanced rows.
-# Attention in a packed row costs (row length)^2, so rows stay short.
-PACKED_ROW_TOKENS = 512
+# Attention in a packed row costs (row length)^2 whatever the mask hides, so rows stay short; 256 measured
+# faster than 512 and than one sequence per row at the demo shape on CPU (docs/batching.md).
+PACKED_ROW_TOKENS = 256
 # Architectures whose decoder takes a custom 4D mask (and, where they have sliding-window layers, a
 # {layer type: mask} dict) with explicit position ids; each is tested against the two-row path (tests/test_packing.py).
 SHARED_PROMPT_MODEL_TYPES = {"llama": False, "qwen2": True, "qwen3": True, "gemma3_text": True}  # value: takes a dict

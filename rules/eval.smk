@@ -25,7 +25,7 @@ rule evaluate:
         max_prompt_length=lambda wildcards: get_training_settings("align")(wildcards)[
             "max_prompt_length"
         ],
-        precision=config["precision"],
+        precision=config["evaluation"]["precision"],
     shell:
         "python workflow/scripts/evaluate.py --model {input.model} {params.adapter} "
         "--eval {input.eval} --benchmark {wildcards.benchmark} --label {params.label} "

@@ -34,7 +34,7 @@ rule prepare_baseline_model:
     params:
         source=json.dumps(judge_baseline().get("source", {})),
         chat_template=judge_baseline().get("chat_template") or "none",
-        precision=config["precision"],
+        precision=config["evaluation"]["precision"],
     shell:
         "python workflow/scripts/prepare_model.py --source {params.source:q} "
         "--chat-template {params.chat_template} --precision {params.precision} "
@@ -59,7 +59,7 @@ rule baseline_answers:
         model_id=judge_baseline().get("name", "baseline"),
         questions=lambda wildcards: question_args("arena_hard"),
         batch_size=config["evaluation"]["batch_size"],
-        precision=config["precision"],
+        precision=config["evaluation"]["precision"],
     shell:
         "python workflow/scripts/generate_answers.py --model {input.model} "
         "--benchmark arena_hard --model-id {params.model_id} {params.questions} "
@@ -86,7 +86,7 @@ rule generate_answers:
         model_id="{model}-{run}",
         questions=lambda wildcards: question_args(wildcards.judged),
         batch_size=config["evaluation"]["batch_size"],
-        precision=config["precision"],
+        precision=config["evaluation"]["precision"],
     shell:
         "python workflow/scripts/generate_answers.py --model {input.model} {params.adapter} "
         "--benchmark {wildcards.judged} --model-id {params.model_id} {params.questions} "
