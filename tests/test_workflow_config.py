@@ -49,6 +49,19 @@ def test_embedded_default_dry_run(workdir):
     assert "generate_answers" not in counts  # no judge configured: nothing judged, nothing stood in for it
 
 
+def test_training_and_evaluation_precision_are_separate(workdir, base_config):
+    """`precision` reaches the model preparation and the run configs; `evaluation.precision` the evaluations."""
+    config = copy.deepcopy(base_config)
+    config["precision"] = "bf16"
+    config["evaluation"]["precision"] = "fp32"
+    result = dry_run(workdir, config)
+    commands = [line for line in result.stdout.splitlines() if line.startswith("Shell command:")]
+    evaluations = [line for line in commands if "workflow/scripts/evaluate.py" in line]
+    preparations = [line for line in commands if "workflow/scripts/prepare_model.py" in line]
+    assert evaluations and all("--precision fp32" in line for line in evaluations)
+    assert preparations and all("--precision bf16" in line for line in preparations)
+
+
 def test_same_settings_are_one_run(workdir, base_config):
     config = copy.deepcopy(base_config)
     config["ablations"]["p_sweep"] = [2.5]  # the default p: the main SLIME run, not a second job
