@@ -75,10 +75,6 @@ def _left_pad(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tens
     return input_ids, attention_mask
 
 
-def _contiguous_input(_module, args):
-    return (args[0].contiguous(), *args[1:])
-
-
 def _generation_config(max_new_tokens, temperature, top_p, top_k, stop_ids, pad_token_id, model_defaults=None):
     from transformers import GenerationConfig
 
@@ -160,10 +156,6 @@ def generate_replies(
     was_training = model.training
     model.eval()
     stop_set = set(stop_ids)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    # generate() applies the head to hidden[:, -1:, :] at prefill, a non-contiguous slice on which torch's CPU
-    # linear with bf16 weights copies the weight once per row (seconds per batch; prefopt.logprobs._no_positions).
-    hook = head.register_forward_pre_hook(_contiguous_input) if head is not None else None
     try:
         with tqdm(total=len(prompts), desc=desc, unit="reply") as progress:
             for batch_index, start in enumerate(range(0, len(order), batch_size)):
@@ -184,6 +176,4 @@ def generate_replies(
                 progress.update(len(indices))
     finally:
         model.train(was_training)
-        if hook is not None:
-            hook.remove()
     return replies  # type: ignore[return-value]
