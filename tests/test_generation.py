@@ -99,4 +99,3 @@ def test_empty_input_and_bad_arguments(tiny):
     assert generate_replies(model, tokenizer, []) == []
     with pytest.raises(ValueError, match="temperature"):
         generate_replies(model, tokenizer, CONVERSATIONS, temperature=-1.0)
-
