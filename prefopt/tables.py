@@ -119,18 +119,24 @@ def _columns(floor_quantile: float) -> list[Column]:
     ]
 
 
-# Raw values of one run (one seed) read from its result files; with several seeds each is their mean.
-RESULT_KEYS = (
+# Judged scores and the per-pair means with their CIs: read from result files, and the csv's first raw columns.
+_SCORE_KEYS = (
     "mt_bench", "mt_bench_turn1", "mt_bench_turn2",
     "arena_hard", "arena_hard_ci_low", "arena_hard_ci_high",
     "arena_hard_sc", "arena_hard_sc_ci_low", "arena_hard_sc_ci_high",
     "preference_accuracy", "preference_accuracy_ci_low", "preference_accuracy_ci_high",
     "margin_mean", "margin_mean_ci_low", "margin_mean_ci_high",
     "chosen_logp_mean", "chosen_logp_mean_ci_low", "chosen_logp_mean_ci_high", "rejected_logp_mean",
+)
+_COUNT_KEYS = ("n_offline", "n_demo", "n_mt_bench_valid", "n_mt_bench_failed", "n_arena_hard_valid",
+               "n_arena_hard_failed")
+# Raw values of one run (one seed) read from its result files; with several seeds each is their mean.
+RESULT_KEYS = (
+    *_SCORE_KEYS,
     "rejected_token_logp_floor", "rejected_token_logp_min", "rejected_token_frac_below_neg_delta",
     "chosen_token_entropy_mean",
     "demo_accuracy", "demo_accuracy_ci_low", "demo_accuracy_ci_high",
-    "n_offline", "n_demo", "n_mt_bench_valid", "n_mt_bench_failed", "n_arena_hard_valid", "n_arena_hard_failed",
+    *_COUNT_KEYS,
 )
 # Values with an across-seed spread (csv `<key>_seed_sd`); the differences from SFT are per seed too.
 SEED_KEYS = ("mt_bench", "arena_hard", "arena_hard_sc", "preference_accuracy", "margin_mean", "chosen_logp_mean",
@@ -138,12 +144,7 @@ SEED_KEYS = ("mt_bench", "arena_hard", "arena_hard_sc", "preference_accuracy", "
              "chosen_token_entropy_mean", "demo_accuracy", "demo_accuracy_vs_sft")
 # Raw csv columns after the label columns, in order.
 RAW_KEYS = (
-    "mt_bench", "mt_bench_turn1", "mt_bench_turn2",
-    "arena_hard", "arena_hard_ci_low", "arena_hard_ci_high",
-    "arena_hard_sc", "arena_hard_sc_ci_low", "arena_hard_sc_ci_high",
-    "preference_accuracy", "preference_accuracy_ci_low", "preference_accuracy_ci_high",
-    "margin_mean", "margin_mean_ci_low", "margin_mean_ci_high",
-    "chosen_logp_mean", "chosen_logp_mean_ci_low", "chosen_logp_mean_ci_high", "rejected_logp_mean",
+    *_SCORE_KEYS,
     "delta_chosen_logp_vs_sft", "delta_chosen_logp_vs_sft_ci_low", "delta_chosen_logp_vs_sft_ci_high",
     "delta_chosen_logp_vs_sft_ci_excludes_zero",
     "rejected_token_logp_floor", "rejected_token_logp_floor_ci_low", "rejected_token_logp_floor_ci_high",
@@ -152,7 +153,7 @@ RAW_KEYS = (
     "demo_accuracy", "demo_accuracy_ci_low", "demo_accuracy_ci_high",
     "demo_accuracy_vs_sft", "demo_accuracy_vs_sft_ci_low", "demo_accuracy_vs_sft_ci_high",
     "demo_accuracy_vs_sft_ci_excludes_zero",
-    "n_offline", "n_demo", "n_mt_bench_valid", "n_mt_bench_failed", "n_arena_hard_valid", "n_arena_hard_failed",
+    *_COUNT_KEYS,
     "n_seeds", *(f"{key}_seed_sd" for key in SEED_KEYS),
 )
 
