@@ -12,6 +12,7 @@ import pytest
 
 from prefopt.evaluation.bootstrap import paired_bootstrap_ci_over_seeds
 from prefopt.figures import PROBE_PANELS, curve_series, probe_trajectory, write_figures
+from test_tables import _dump
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,10 +64,7 @@ def _metrics_file(path: Path, slope: float, with_slime_delta: bool = False, prob
 @pytest.fixture()
 def manifest(tmp_path):
     def dump(name, payload):
-        path = tmp_path / "results" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload))
-        return str(path)
+        return _dump(tmp_path / "results" / name, payload)
 
     table3 = [{"model": "smollm2", "model_label": "SmolLM2-135M", "method_label": label, "run": run,
                "results": {"offline": dump(f"{run}.json", _offline(0.6, -1.0))}}

@@ -13,6 +13,7 @@ import pytest
 
 from prefopt.io import append_jsonl, atomic_open, read_jsonl, write_json, write_jsonl, write_text_atomic
 from test_figures import _metrics_file, _offline
+from test_tables import _dump
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,10 +69,7 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 
 def test_tables_and_figures_scripts_write_mode_0644(tmp_path):
     def dump(name, payload):
-        path = tmp_path / "results" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload))
-        return str(path)
+        return _dump(tmp_path / "results" / name, payload)
 
     manifest = {
         "judge": None, "not_run": {},
@@ -95,5 +93,6 @@ def test_tables_and_figures_scripts_write_mode_0644(tmp_path):
         assert completed.returncode == 0, completed.stderr
     tables = sorted((tmp_path / "tables").iterdir())
     figures = sorted((tmp_path / "figures").iterdir())
-    assert len(tables) == 9 + 2 and figures  # Tables 3-5 (csv, md, tex) + comparisons (csv, md) and all(path.suffix == ".png" for path in figures)
+    # Tables 3-5 (csv, md, tex) + comparisons (csv, md); figures are PNGs.
+    assert len(tables) == 9 + 2 and figures and all(path.suffix == ".png" for path in figures)
     assert {path.name: mode(path) for path in tables + figures} == {path.name: 0o644 for path in tables + figures}
