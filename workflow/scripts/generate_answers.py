@@ -18,11 +18,13 @@ already there, and the partial file is renamed to OUT when every question is ans
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
-import os
 import sys
 from pathlib import Path
+
+from prefopt.io import append_jsonl, iter_jsonl, write_jsonl
 
 logger = logging.getLogger("generate_answers")
 
@@ -55,40 +57,14 @@ def read_partial(path: Path, id_key: str) -> dict:
     done = {}
     if not path.exists():
         return done
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                done[record[id_key]] = record
-            except (json.JSONDecodeError, KeyError, TypeError):
-                logger.warning("%s:%d: unreadable line dropped (a write cut short)", path, line_number)
+    for line_number, record, error in iter_jsonl(path):
+        try:
+            if error is not None:
+                raise error
+            done[record[id_key]] = record
+        except (json.JSONDecodeError, KeyError, TypeError):
+            logger.warning("%s:%d: unreadable line dropped (a write cut short)", path, line_number)
     return done
-
-
-class PartialWriter:
-    """Appends one JSON line per record and fsyncs it, so a killed job keeps what it finished."""
-
-    def __init__(self, path: Path, keep: list[dict]):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Rewrite the good records first: drops a half-written last line before appending more.
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
-            for record in keep:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        self.handle = open(path, "a", encoding="utf-8")
-
-    def __call__(self, record: dict) -> None:
-        self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-
-    def close(self) -> None:
-        self.handle.close()
 
 
 def load_questions(benchmark: str, source: str | None) -> list[dict]:
@@ -124,23 +100,21 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("%s: %d questions, %d already answered in %s, %d to generate",
                 args.benchmark, len(questions), len(done), partial, len(pending))
 
-    writer = PartialWriter(partial, [done[q[id_key]] for q in questions if q[id_key] in done])
-    try:
-        if pending:
-            model, tokenizer = load_for_inference(args.model, args.adapter, precision=args.precision)
-            if torch.cuda.is_available():
-                model.to("cuda")
-            common = dict(write=writer, batch_size=args.batch_size, seed=args.seed,
-                          max_prompt_length=args.max_prompt_length)
-            if args.benchmark == "mt_bench":
-                mtbench.generate_mtbench_answers(model, tokenizer, pending, args.model_id,
-                                                 max_new_tokens=args.max_new_tokens,
-                                                 **common)
-            else:
-                arena_hard.generate_arena_hard_answers(model, tokenizer, pending, args.model_id,
-                                                       max_new_tokens=args.max_new_tokens, **common)
-    finally:
-        writer.close()
+    # Rewrite the good records first (drops a half-written last line), then append each new answer, fsync'd.
+    write_jsonl(partial, [done[q[id_key]] for q in questions if q[id_key] in done])
+    if pending:
+        model, tokenizer = load_for_inference(args.model, args.adapter, precision=args.precision)
+        if torch.cuda.is_available():
+            model.to("cuda")
+        common = dict(write=functools.partial(append_jsonl, partial), batch_size=args.batch_size, seed=args.seed,
+                      max_prompt_length=args.max_prompt_length)
+        if args.benchmark == "mt_bench":
+            mtbench.generate_mtbench_answers(model, tokenizer, pending, args.model_id,
+                                             max_new_tokens=args.max_new_tokens,
+                                             **common)
+        else:
+            arena_hard.generate_arena_hard_answers(model, tokenizer, pending, args.model_id,
+                                                   max_new_tokens=args.max_new_tokens, **common)
 
     # Question order, one record per question, then the atomic rename.
     finished = read_partial(partial, id_key)
@@ -148,8 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         logger.error("%d questions still unanswered (first: %s); rerun to resume", len(missing), missing[:5])
         return 1
-    from prefopt.data import write_jsonl
-
     write_jsonl(out, [finished[q[id_key]] for q in questions])
     partial.unlink()
     logger.info("wrote %d answers to %s", len(questions), out)
