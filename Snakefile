@@ -3,6 +3,7 @@
 from snakemake.utils import min_version
 
 from prefopt.config_schema import resolve_workflow_config
+from prefopt.plan import announce_precisions
 
 min_version("9.0")
 
@@ -14,6 +15,13 @@ if not workflow.config_settings.configfiles:
 
 
 resolve_workflow_config(config, f"{workflow.basedir}/schemas/config.schema.yaml")
+# `precision: auto` resolves once here when the jobs run on this machine (`--cores`), else in each
+# job on its own node (`--jobs`, cluster executors): docs/precision.md.
+announce_precisions(
+    config,
+    jobs_run_here=workflow.resource_settings.nodes is None and not workflow.remote_exec,
+    main_process=workflow.is_main_process,
+)
 
 # Jobs import this checkout's prefopt, in the project venv and in the envs/ of `--sdm conda` alike.
 # (The prefix is format()ted: {{ }} are literal braces. It keeps Snakemake's bash strict mode.)

@@ -13,11 +13,19 @@ ends, so collation and logging count). Peak memory is the process RSS sampled ev
 minus the RSS just before it (activations, gradients, optimizer state, logits), plus the absolute peak.
 
 Trainers (`--trainers`): `slime_baseline` (fp32, two padded rows per pair: `PairCollator`), `slime_bf16`
-(bf16 autocast, bf16 frozen base, fp32 LoRA), `slime_shared_prompt` (one prompt + chosen + rejected sequence
-per pair, one per row), `slime_packed` (prompt + answer sequences packed into rows, the prompt repeated),
-`slime_all` (the trainer's defaults: bf16 + shared prompt + packing), and TRL's `CPOTrainer`
-(`loss_type="simpo"`, `cpo_alpha=0`: `trl_simpo`) and `DPOTrainer` (`loss_type=["sigmoid"]`, reference =
-adapters disabled: `trl_dpo`), both at `slime_all`'s precision with gradient checkpointing off.
+(bf16 autocast, bf16 frozen base, fp32 LoRA; left out of the default list on a CPU without native bf16,
+where it runs ~40x slower), `slime_shared_prompt` (one prompt + chosen + rejected sequence per pair, one per
+row), `slime_packed` (prompt + answer sequences packed into rows, the prompt repeated), `slime_all` (the
+trainer's defaults: shared prompt + packing, at the precision `precision: auto` picks on this machine,
+prefopt.precision), and TRL's `CPOTrainer` (`loss_type="simpo"`, `cpo_alpha=0`: `trl_simpo`) and
+`DPOTrainer` (`loss_type=["sigmoid"]`, reference = adapters disabled: `trl_dpo`), both at `slime_all`'s
+precision with gradient checkpointing off.
+
+The same run measures this machine's matmul rate ([880x576]x[576x1536], fp32 and bf16, at `--threads`:
+`matmul_gflops`) and each trainer's `useful_gflops`: the FLOPs of the real tokens of a step's pairs, one
+shared prompt per pair, per second of median step. With LoRA the frozen base costs 4N per token (forward
+2N, activation gradients 2N; N = non-embedding parameters) and the LM head 4HV per completion token
+(H hidden size, V vocabulary); attention scores (~1% at these lengths) and LoRA's own matmuls are left out.
 """
 
 from __future__ import annotations
@@ -37,14 +45,16 @@ from pathlib import Path
 
 log = logging.getLogger("step_benchmark")
 
-# name: (precision, batch layout); layout "default" is whatever PreferenceTrainer picks for the model.
+# name: (precision, batch layout); layout "default" is whatever PreferenceTrainer picks for the model,
+# precision "auto" what `precision: auto` resolves to on this machine (prefopt.precision).
 SLIME_VARIANTS = {
     "slime_baseline": ("fp32", "two_rows"),
     "slime_bf16": ("bf16", "two_rows"),
     "slime_shared_prompt": ("fp32", "shared_prompt"),
     "slime_packed": ("fp32", "packed_rows"),
-    "slime_all": ("bf16", "default"),
+    "slime_all": ("auto", "default"),
 }
+MATMUL_SHAPE = (880, 576, 1536)  # [M x K] x [K x N]: a SmolLM2 MLP projection over a demo batch
 TRL_TRAINERS = ("trl_simpo", "trl_dpo")
 TRAINERS = tuple(SLIME_VARIANTS) + TRL_TRAINERS
 LABELS = {
@@ -60,10 +70,11 @@ SHAPES = {  # pairs per step, prompt tokens, completion tokens (None: the demo d
     "demo": (8, None, None),
     "ultrafeedback": (4, 200, 300),
 }
-TARGETS = {  # shape -> [(numerator, denominator, metric, target)]  (issue 10)
+TARGETS = {  # shape -> [(numerator, denominator, metric, target)]  (issues 10 and 16); "<=" unless marked
     "demo": [("slime_all", "slime_baseline", "median_step_s", 0.45),
              ("slime_all", "trl_simpo", "median_step_s", 0.5),
-             ("slime_all", "trl_simpo", "peak_rss_delta_mb", 1.0)],
+             ("slime_all", "trl_simpo", "peak_rss_delta_mb", 1.0),
+             ("slime_all", "matmul", "useful_gflops", ">= 0.5")],
     "ultrafeedback": [("slime_all", "slime_baseline", "median_step_s", 0.7)],
 }
 SENTENCES = [
@@ -74,13 +85,17 @@ SENTENCES = [
 ]
 
 
+def parser_default_trainers() -> str:
+    return ",".join(TRAINERS)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="prepared HF model dir (default: a tiny Llama built here)")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="demo")
     parser.add_argument("--out", default="step_benchmark.md", help="markdown table output")
     parser.add_argument("--json", default=None, help="JSON output: median_step_s, peak_rss_delta_mb, ... per trainer")
-    parser.add_argument("--trainers", default=",".join(TRAINERS), help=f"comma-separated subset of {TRAINERS}")
+    parser.add_argument("--trainers", default=parser_default_trainers(), help=f"comma-separated subset of {TRAINERS}")
     parser.add_argument("--pairs", type=int, default=None, help="pairs per step (default: the shape's)")
     parser.add_argument("--row-tokens", type=int, default=None,
                         help="tokens per packed row for slime_all / slime_packed (0: one sequence per row; "
@@ -176,7 +191,48 @@ class MemorySampler(threading.Thread):
 
 
 def precision_of(name: str) -> str:
-    return SLIME_VARIANTS[name][0] if name in SLIME_VARIANTS else SLIME_VARIANTS["slime_all"][0]
+    from prefopt.precision import resolve
+
+    precision = SLIME_VARIANTS[name][0] if name in SLIME_VARIANTS else SLIME_VARIANTS["slime_all"][0]
+    return resolve(precision, "cpu").precision
+
+
+def matmul_gflops(threads: int | None, repeats: int = 3) -> dict:
+    """This machine's matmul rate (GFLOPS, best of `repeats`) at MATMUL_SHAPE in fp32 and bf16."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    m, k, n = MATMUL_SHAPE
+    rates = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+        torch.mm(a, b)
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - started)
+        rates[name] = 2 * m * k * n / best / 1e9
+    return rates
+
+
+def useful_flops_per_step(model, tokenizer, rows: list[dict], steps: int) -> float:
+    """FLOPs of one step's real tokens (module docstring): 4N per prompt and answer token, 4HV per answer
+    token, averaged over the `steps` steps that consume `rows` once."""
+    from prefopt.logprobs import tokenize_pair, unwrap_causal_lm
+
+    causal_lm = unwrap_causal_lm(model)
+    config = causal_lm.config.get_text_config() if hasattr(causal_lm.config, "get_text_config") else causal_lm.config
+    non_embedding = sum(parameter.numel() for name, parameter in causal_lm.named_parameters()
+                        if "lora_" not in name and "embed" not in name and "lm_head" not in name)
+    tokens = answers = 0
+    for row in rows:
+        pair = tokenize_pair(tokenizer, row, max_length=1024, max_prompt_length=512)
+        pair_answers = len(pair["chosen_ids"]) + len(pair["rejected_ids"])
+        tokens += len(pair["prompt_ids"]) + pair_answers
+        answers += pair_answers
+    return (4 * non_embedding * tokens + 4 * config.hidden_size * config.vocab_size * answers) / steps
 
 
 def build_trainer(name, model, tokenizer, rows, args, output_dir, max_steps):
@@ -272,10 +328,12 @@ def run_worker(args) -> dict:
         peak = sampler.stop()
     intervals = [end - start for start, end in zip(step_ends, step_ends[1:])]
     timed = intervals[args.warmup:]
+    flops = useful_flops_per_step(model, tokenizer, rows, total_steps)
     return {
         "trainer": args.worker,
         "precision": precision_of(args.worker),
         "median_step_s": statistics.median(timed),
+        "useful_gflops": flops / statistics.median(timed) / 1e9,
         "step_times_s": intervals,
         "rss_before_train_mb": rss_before / 2**20,
         "peak_rss_delta_mb": (peak - rss_before) / 2**20,
@@ -289,13 +347,24 @@ def run_worker(args) -> dict:
 # ---------------------------------------------------------------------------------------------- driver
 
 
-def ratios(results: dict, shape: str) -> list[dict]:
+def ratios(results: dict, shape: str, matmul: dict | None = None) -> list[dict]:
+    """Each target's ratio; the denominator "matmul" is the machine's best matmul rate (`matmul_gflops`)."""
     rows = []
     for numerator, denominator, metric, target in TARGETS[shape]:
-        if numerator in results and denominator in results:
-            value = results[numerator][metric] / max(results[denominator][metric], 1e-9)
-            rows.append({"numerator": numerator, "denominator": denominator, "metric": metric, "value": value,
-                         "target": target, "met": value <= target})
+        if numerator not in results or (denominator != "matmul" and denominator not in results):
+            continue
+        if denominator == "matmul":
+            if not matmul:
+                continue
+            bound = max(matmul.values())
+        else:
+            bound = results[denominator][metric]
+        value = results[numerator][metric] / max(bound, 1e-9)
+        at_least = isinstance(target, str)
+        limit = float(target.split()[-1]) if at_least else target
+        rows.append({"numerator": numerator, "denominator": denominator, "metric": metric, "value": value,
+                     "target": target if at_least else f"<= {target}",
+                     "met": value >= limit if at_least else value <= limit})
     return rows
 
 
@@ -303,7 +372,7 @@ def _cell(value, fmt):
     return "—" if value is None else format(value, fmt)
 
 
-def markdown(results: dict, args, model_desc: str) -> str:
+def markdown(results: dict, args, model_desc: str, matmul: dict, capability: str) -> str:
     shape = args.shape
     lengths = ("the demo data's lengths (prompt ~21, completions ~20-23 tokens)" if shape == "demo" else
                f"prompt ~{SHAPES[shape][1]} + completions ~{SHAPES[shape][2]} tokens (+-10%)")
@@ -314,20 +383,25 @@ def markdown(results: dict, args, model_desc: str) -> str:
         f"{' + lm_head' if args.save_lm_head else ''}; {args.pairs} pairs/step, {lengths}; median of "
         f"{args.steps} steps after {args.warmup} warm-up; {next(iter(results.values()))['threads']} torch threads.",
         "",
-        "| trainer | precision | median step (s) | peak RSS during train, delta (MB) | peak RSS (MB) | "
+        f"CPU: {capability}. Matmul {'x'.join(map(str, MATMUL_SHAPE))} at the same threads: "
+        + ", ".join(f"{name} {rate:.1f} GFLOPS" for name, rate in matmul.items()) + ".",
+        "",
+        "| trainer | precision | median step (s) | useful GFLOPS | peak RSS during train, delta (MB) | peak RSS (MB) | "
         "real tokens / computed positions |",
-        "|---|---|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for name, result in results.items():
         lines.append(f"| `{name}`: {LABELS[name]} | {result['precision']} | {result['median_step_s']:.3f} | "
-                     f"{result['peak_rss_delta_mb']:.0f} | {result['peak_rss_mb']:.0f} | "
+                     f"{result['useful_gflops']:.1f} | {result['peak_rss_delta_mb']:.0f} | {result['peak_rss_mb']:.0f} | "
                      f"{_cell(result['tokens_in_first_batch'], 'd')} / "
                      f"{_cell(result['positions_in_first_batch'], 'd')} |")
     lines += ["", "| ratio | value | target | met |", "|---|---:|---:|:---:|"]
-    for row in ratios(results, shape):
-        what = "time" if row["metric"] == "median_step_s" else "peak memory (delta)"
-        lines.append(f"| `{row['numerator']}` / `{row['denominator']}` {what} | {row['value']:.2f} | "
-                     f"<= {row['target']} | {'yes' if row['met'] else 'NO'} |")
+    for row in ratios(results, shape, matmul):
+        what = {"median_step_s": "time", "peak_rss_delta_mb": "peak memory (delta)",
+                "useful_gflops": "useful GFLOPS"}[row["metric"]]
+        denominator = "best matmul rate" if row["denominator"] == "matmul" else f"`{row['denominator']}`"
+        lines.append(f"| `{row['numerator']}` / {denominator} {what} | {row['value']:.2f} | "
+                     f"{row['target']} | {'yes' if row['met'] else 'NO'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -339,10 +413,19 @@ def main(argv=None) -> int:
         Path(args.result).write_text(json.dumps(result))
         return 0
 
+    from prefopt.precision import cpu_native_bf16
+
+    native, capability = cpu_native_bf16()
     names = [name.strip() for name in args.trainers.split(",") if name.strip()]
     for name in names:
         if name not in TRAINERS:
             raise SystemExit(f"--trainers: unknown trainer {name!r}; choose from {TRAINERS}")
+    if args.trainers == parser_default_trainers() and not native:
+        names.remove("slime_bf16")
+        log.info("slime_bf16 left out: %s (name it in --trainers to run it anyway)", capability)
+    matmul = matmul_gflops(args.threads)
+    log.info("%s; matmul GFLOPS at %s threads: %s", capability, args.threads or "torch's default",
+             {name: round(rate, 1) for name, rate in matmul.items()})
     with tempfile.TemporaryDirectory() as scratch:
         if args.model is None:
             model_dir = build_tiny_model(Path(scratch) / "tiny", args.tiny_hidden, args.tiny_layers)
@@ -369,15 +452,18 @@ def main(argv=None) -> int:
             results[name] = json.loads(result_path.read_text())
             log.info("%s: median step %.3f s, peak RSS delta %.0f MB", name, results[name]["median_step_s"],
                      results[name]["peak_rss_delta_mb"])
-    table = markdown(results, args, model_desc)
+    table = markdown(results, args, model_desc, matmul, capability)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
     summary = {
         "shape": args.shape, "model": model_desc, "pairs_per_step": args.pairs, "threads": args.threads,
+        "cpu": capability,
+        "matmul_gflops": matmul,
         "median_step_s": {name: result["median_step_s"] for name, result in results.items()},
+        "useful_gflops": {name: result["useful_gflops"] for name, result in results.items()},
         "peak_rss_delta_mb": {name: result["peak_rss_delta_mb"] for name, result in results.items()},
-        "ratios": ratios(results, args.shape),
+        "ratios": ratios(results, args.shape, matmul),
         "runs": results,
     }
     Path(args.json or out.with_suffix(".json")).write_text(json.dumps(summary, indent=2) + "\n")

@@ -72,15 +72,22 @@ def job_identity(run_config: dict, inputs: dict[str, str | os.PathLike | None]) 
     parts = {
         "run_config": hashlib.sha256(json.dumps(run_config, sort_keys=True).encode()).hexdigest(),
         "inputs": {name: content_identity(path) for name, path in sorted(inputs.items()) if path is not None},
+        # The precision the job trains in (an `auto` run config is resolved on the job's node first).
+        "precision": run_config["training"]["precision"],
     }
     return {"id": hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16], **parts}
 
 
-def checkpoint_identity(checkpoint: Path) -> str | None:
+def _identity_record(checkpoint: Path) -> dict:
     try:
-        return json.loads((checkpoint / IDENTITY_FILE).read_text())["id"]
-    except (OSError, ValueError, KeyError):
-        return None
+        record = json.loads((checkpoint / IDENTITY_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def checkpoint_identity(checkpoint: Path) -> str | None:
+    return _identity_record(checkpoint).get("id")
 
 
 def select_checkpoint(checkpoint_dir: str | os.PathLike, identity_id: str) -> tuple[Path | None, list[Path]]:
@@ -99,12 +106,19 @@ def select_checkpoint(checkpoint_dir: str | os.PathLike, identity_id: str) -> tu
     return resume, [p for _, p in found if p not in own_complete]
 
 
-def clear_checkpoints(checkpoint_dir: Path, resume: Path | None, stale: list[Path], identity_id: str) -> None:
+def clear_checkpoints(checkpoint_dir: Path, resume: Path | None, stale: list[Path], identity_id: str,
+                      precision: str | None = None) -> None:
     """Remove what this job must not resume from; a fresh start empties the folder (old metrics and logs too)."""
     if stale:
         others = sorted({checkpoint_identity(p) or "none/incomplete" for p in stale})
         logger.warning("removed %d checkpoint(s) not resumable by this job (identity %s): %s, made under identity %s",
                        len(stale), identity_id, ", ".join(p.name for p in stale), ", ".join(others))
+        if precision is not None:
+            for path in stale:
+                made_in = _identity_record(path).get("precision")
+                if made_in is not None and made_in != precision:
+                    logger.warning("%s was trained in %s; this job trains in %s, so it starts from step 0 instead "
+                                   "of switching precision mid-run", path.name, made_in, precision)
     for path in stale:
         shutil.rmtree(path)
     if resume is None and checkpoint_dir.exists():
@@ -174,6 +188,19 @@ def finite_or_none(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
+def resolve_job_precision(run_config: dict) -> dict:
+    """The run config with `training.precision: auto` resolved on this node (prefopt.precision): the job's
+    identity, checkpoints and summary then carry the precision it actually trains in."""
+    training = run_config["training"]
+    if training["precision"] != "auto":
+        return run_config
+    from prefopt.precision import resolve
+
+    resolution = resolve("auto", training["device"])
+    logger.info("precision: auto -> %s (%s)", resolution.precision, resolution.reason)
+    return {**run_config, "training": {**training, "precision": resolution.precision}}
+
+
 def run_job(stage: Stage, run_config: dict, *, model_dir, train_path, out_dir, checkpoint_dir,
             eval_path=None, probe_path=None) -> dict:
     """Train one SFT or alignment run from a checked run config and publish `out_dir` atomically.
@@ -189,6 +216,7 @@ def run_job(stage: Stage, run_config: dict, *, model_dir, train_path, out_dir, c
     from prefopt.models import load_tokenizer
 
     started = time.time()
+    run_config = resolve_job_precision(run_config)
     model_dir, out_dir, checkpoint_dir = Path(model_dir), Path(out_dir), Path(checkpoint_dir)
     training = run_config["training"]
     probes = run_config["probes"]
@@ -221,7 +249,7 @@ def run_job(stage: Stage, run_config: dict, *, model_dir, train_path, out_dir, c
                                             max_prompt_length=training["max_prompt_length"],
                                             batch_size=training["per_device_eval_batch_size"]))
     if trainer.is_world_process_zero():
-        clear_checkpoints(checkpoint_dir, resume, stale, identity["id"])
+        clear_checkpoints(checkpoint_dir, resume, stale, identity["id"], training["precision"])
         prepare_metrics_file(metrics_path, str(resume) if resume else None)
     trainer.accelerator.wait_for_everyone()
     if resume:

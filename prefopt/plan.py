@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +70,50 @@ def check_model_sources(config: dict) -> None:
             folder = Path(list(spec.submodule_search_locations)[0])
             if not source.get("assemble") and not (folder / source["gguf_file"]).exists():
                 raise PlanError(f"{key}.gguf_file", f"{source['gguf_file']} is not in {folder}")
+
+
+# ---------------------------------------------------------------------------------------- precision
+
+PRECISION_KEYS = (("precision",), ("evaluation", "precision"))
+
+
+def resolve_precisions(config: dict, *, jobs_run_here: bool) -> list[str]:
+    """Resolve `precision` and `evaluation.precision` in place; the start-up lines to print.
+
+    `auto` resolves here, once, when the jobs run on this machine on its CPU (`jobs_run_here` and
+    `device: cpu`): the resolved value is then in every run config, run name and identity. Otherwise
+    (`device: cuda`, or a cluster executor) it stays `auto` and each job resolves it on its own node
+    (prefopt.precision). An explicit bf16 on a CPU without native bf16 gets a warning line.
+    """
+    from prefopt import precision
+
+    local_cpu = jobs_run_here and config["device"] == "cpu"
+    lines = []
+    for path in PRECISION_KEYS:
+        *parents, name = path
+        block = config
+        for parent in parents:
+            block = block[parent]
+        key = ".".join(path)
+        requested = block[name]
+        if requested == "auto" and local_cpu:
+            resolution = precision.resolve("auto", "cpu")
+            block[name] = resolution.precision
+            lines.append(f"{key}: auto -> {resolution.precision} ({resolution.reason})")
+        elif requested == "auto":
+            where = "device cuda" if config["device"] == "cuda" else "jobs run elsewhere"
+            lines.append(f"{key}: auto -> resolved by each job on its own node ({where})")
+        elif requested == "bf16" and local_cpu:
+            warning = precision.slow_bf16_warning(key, "cpu")
+            lines += [warning] if warning else []
+    return lines
+
+
+def announce_precisions(config: dict, *, jobs_run_here: bool, main_process: bool = True) -> None:
+    """`resolve_precisions` for Snakemake's `config`, its lines printed to stderr by the main process."""
+    for line in resolve_precisions(config, jobs_run_here=jobs_run_here):
+        if main_process:
+            print(line, file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------- run settings
@@ -279,6 +324,13 @@ def manifest_inputs(manifest: dict) -> list[str]:
 # ------------------------------------------------------------------------------------------ launchers
 
 
+def accelerate_mixed_precision(config: dict) -> str:
+    """accelerate's `--mixed_precision` for the training precision; `auto` resolves on the job's node."""
+    if config["precision"] == "auto":
+        return f"$(python -m prefopt.precision --device {config['device']} --accelerate)"
+    return "bf16" if config["precision"] == "bf16" else "no"
+
+
 def launch_command(config: dict, stage: str, repo: str) -> str:
     """The command that starts a training script: plain python, or accelerate with DDP / DeepSpeed ZeRO-2."""
     settings = launcher(config, stage)
@@ -294,7 +346,7 @@ def launch_command(config: dict, stage: str, repo: str) -> str:
         "accelerate launch",
         f"--config_file {settings.get('accelerate_config', default_file)}",
         f"--num_processes {settings.get('num_processes', 1)}",
-        f"--mixed_precision {'bf16' if config['precision'] == 'bf16' else 'no'}",
+        f"--mixed_precision {accelerate_mixed_precision(config)}",
         # On CPU, DDP needs --multi_gpu (`--cpu` would quietly start one process); zero2 must not get
         # it: the flag overrides the yaml's DEEPSPEED type and the job silently runs as plain DDP.
         "--multi_gpu" if on_cpu and kind == "ddp" else "",

@@ -38,7 +38,8 @@ def score_probe(model, tokenizer, rows: list[dict], *, step: int, metrics_path: 
     from prefopt.evaluation.offline import evaluate_offline
 
     summary, per_example = evaluate_offline(model, tokenizer, rows, n_resamples=1, max_length=max_length,
-                                            max_prompt_length=max_prompt_length, batch_size=batch_size)
+                                            max_prompt_length=max_prompt_length, batch_size=batch_size,
+                                            entropy=False)  # not a probe metric: no extra LM-head pass
     record = {key: summary[key] for key in PROBE_KEYS}
     record["chosen"] = [example["chosen_logp_mean"] for example in per_example]
     record["rejected"] = [example["rejected_logp_mean"] for example in per_example]

@@ -27,7 +27,6 @@ if "demo_generation" in BENCHMARKS and config["data"]["source"] != "demo":
 wildcard_constraints:
     model="|".join(re.escape(name) for name in sorted(config["models"])),
     run=r"base|sft|[a-z]+-[0-9a-f]{10}",
-    benchmark="offline|demo_generation",
     judged="mt_bench|arena_hard",
 
 
@@ -36,6 +35,11 @@ wildcard_constraints:
 
 def get_run_config(wildcards):
     return planner.plan_run_config(config, PLAN, wildcards.model, wildcards.run)
+
+
+def get_prepare_precision():
+    """The prepared base weights' dtype: the training precision, fp32 while `auto` waits for the job's node."""
+    return "fp32" if config["precision"] == "auto" else config["precision"]
 
 
 def get_training_settings(stage):
@@ -96,6 +100,14 @@ def get_eval_model(wildcards):
         "model": planner.sft_model_dir(wildcards.model),
         "run": planner.align_dir(wildcards.model, wildcards.run),
     }
+
+
+def get_evaluation_outputs():
+    return [
+        f"{RESULTS}/{{model}}/eval/{{run}}/{benchmark}{suffix}"
+        for benchmark in BENCHMARKS
+        for suffix in (".json", ".examples.jsonl")
+    ]
 
 
 def adapter_arg(wildcards, input):

@@ -3,12 +3,12 @@ rule evaluate:
         unpack(get_eval_model),
         eval=f"{RESULTS}/data/split/eval.jsonl",
     output:
-        result=f"{RESULTS}/{{model}}/eval/{{run}}/{{benchmark}}.json",
-        per_example=f"{RESULTS}/{{model}}/eval/{{run}}/{{benchmark}}.examples.jsonl",
+        # Every configured benchmark from one model load: <benchmark>.json and its per-example file.
+        get_evaluation_outputs(),
     log:
-        "logs/evaluate/{model}/{run}/{benchmark}.log",
+        "logs/evaluate/{model}/{run}.log",
     benchmark:
-        "benchmarks/evaluate/{model}/{run}/{benchmark}.tsv"
+        "benchmarks/evaluate/{model}/{run}.tsv"
     conda:
         "../envs/eval.yaml"
     threads: get_job_threads("evaluate")
@@ -17,6 +17,8 @@ rule evaluate:
     params:
         adapter=adapter_arg,
         label="{model}/{run}",
+        benchmarks=" ".join(BENCHMARKS),
+        out_dir=f"{RESULTS}/{{model}}/eval/{{run}}",
         batch_size=config["evaluation"]["batch_size"],
         max_new_tokens=config["evaluation"]["max_new_tokens"],
         max_length=lambda wildcards: get_training_settings("align")(wildcards)[
@@ -28,8 +30,8 @@ rule evaluate:
         precision=config["evaluation"]["precision"],
     shell:
         "python workflow/scripts/evaluate.py --model {input.model} {params.adapter} "
-        "--eval {input.eval} --benchmark {wildcards.benchmark} --label {params.label} "
-        "--out {output.result} --per-example {output.per_example} "
+        "--eval {input.eval} --benchmark {params.benchmarks} --label {params.label} "
+        "--out-dir {params.out_dir} "
         "--batch-size {params.batch_size} --max-new-tokens {params.max_new_tokens} "
         "--max-length {params.max_length} --max-prompt-length {params.max_prompt_length} "
         "--precision {params.precision} --threads {threads} > {log} 2>&1"

@@ -16,7 +16,7 @@ rule prepare_model:
             "chat_template"
         ]
         or "none",
-        precision=config["precision"],
+        precision=get_prepare_precision(),
     shell:
         "python workflow/scripts/prepare_model.py --source {params.source:q} "
         "--chat-template {params.chat_template} --precision {params.precision} "

@@ -25,7 +25,8 @@ def complete_run_config(method: str, *, training: dict | None = None, lora="defa
     overrides = {stage: dict(training or {}), "data": {"source": "demo", "on_bad_rows": on_bad_rows}}
     if lora != "default":
         overrides["lora"] = lora
-    config = experiment_config(**overrides)
+    # fp32, not the schema's `auto`: what a test trains must not depend on the CPU it runs on.
+    config = experiment_config(precision="fp32", **overrides)
     if method != "sft":
         config["methods"] = {method: {}}
     return plan.run_config(config, "m", method, loss_kwargs)

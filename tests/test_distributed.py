@@ -49,7 +49,7 @@ LAUNCH_TIMEOUT_S = 600  # the first ZeRO-2 launch JIT-builds DeepSpeed's shm op 
 
 def rule_launch_command(kind: str, num_processes: int = 2) -> str:
     """The prefix the align rule gets for launcher `kind` on a CPU config (prefopt.plan.launch_command)."""
-    config = experiment_config(launchers={"align": {"type": kind, "num_processes": num_processes}})
+    config = experiment_config(precision="fp32", launchers={"align": {"type": kind, "num_processes": num_processes}})
     return plan.launch_command(config, "align", str(REPO))
 
 

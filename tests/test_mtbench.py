@@ -184,10 +184,15 @@ def test_generate_answers_on_the_tiny_model_resumes_and_judges(tiny_model_dir, t
     partial = tmp_path / "answers.jsonl.partial"
     kept = two_turn_answer(first_two[0], ["kept turn 1", "kept turn 2"], "tiny-model")
     partial.write_text(json.dumps(kept) + "\n" + '{"question_id": 82, "answer')  # + a line cut short
+    # ... under these generation settings (written beside the partial file by that run).
+    settings = {"model": tiny_model_dir, "adapter": None, "questions": None, "max_new_tokens": 8,
+                "max_prompt_length": None, "batch_size": 2, "precision": "fp32", "seed": 0}
+    settings_file = tmp_path / "answers.jsonl.partial.settings.json"
+    settings_file.write_text(json.dumps(settings))
     args = ["--model", tiny_model_dir, "--benchmark", "mt_bench", "--model-id", "tiny-model", "--out", str(out),
             "--limit", "2", "--max-new-tokens", "8", "--batch-size", "2", "--threads", "1"]
     assert generate.main(args) == 0
-    assert not partial.exists()
+    assert not partial.exists() and not settings_file.exists()
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["question_id"] for r in records] == first_two
     assert records[0] == kept
@@ -196,6 +201,13 @@ def test_generate_answers_on_the_tiny_model_resumes_and_judges(tiny_model_dir, t
     assert generated["model_id"] == "tiny-model" and generated["choices"][0]["index"] == 0
     assert len(generated["choices"][0]["turns"]) == 2
     assert all(isinstance(turn, str) for turn in generated["choices"][0]["turns"])
+
+    # An answer made under other settings (here another precision) is never resumed.
+    (tmp_path / "again.jsonl.partial").write_text(json.dumps(kept) + "\n")
+    (tmp_path / "again.jsonl.partial.settings.json").write_text(json.dumps({**settings, "precision": "bf16"}))
+    assert generate.main([*args, "--out", str(tmp_path / "again.jsonl")]) == 0
+    again = [json.loads(line) for line in (tmp_path / "again.jsonl").read_text().splitlines()]
+    assert again[0]["choices"][0]["turns"] != kept["choices"][0]["turns"]
 
     config_path, judgments, score = tmp_path / "judge.json", tmp_path / "judgments.jsonl", tmp_path / "score.json"
     with FakeJudgeServer(rating_reply(lambda body: 3)) as server:

@@ -149,6 +149,22 @@ def test_entropy_is_chunked_without_changing_values(tiny):
     torch.testing.assert_close(uniform, torch.full((2,), float(np.log(10))))
 
 
+def test_without_entropy_the_log_prob_metrics_are_unchanged(tiny):
+    """Probes skip the entropy's LM-head pass; every other number is the same."""
+    from prefopt.evaluation.offline import evaluate_offline
+
+    model, tokenizer = tiny
+    full, full_examples = evaluate_offline(model, tokenizer, ROWS, max_length=64, max_prompt_length=32, n_resamples=50)
+    lean, lean_examples = evaluate_offline(model, tokenizer, ROWS, max_length=64, max_prompt_length=32, n_resamples=50,
+                                           entropy=False)
+    assert full["chosen_token_entropy_mean"] > 0 and lean["chosen_token_entropy_mean"] is None
+    for key in ("chosen_logp_mean", "rejected_logp_mean", "margin_mean", "rejected_token_logp_floor",
+                "preference_accuracy", "n_chosen_tokens", "n_rejected_tokens"):
+        assert lean[key] == full[key], key
+    assert [e["chosen_logp_mean"] for e in lean_examples] == [e["chosen_logp_mean"] for e in full_examples]
+    assert all(e["chosen_entropy_mean"] is None for e in lean_examples)
+
+
 def test_offline_rejects_bad_rows(tiny):
     from prefopt.evaluation.offline import evaluate_offline
 
@@ -196,32 +212,35 @@ def _write_jsonl(path, rows):
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-@pytest.mark.parametrize("benchmark, rows", [("offline", ROWS), ("demo_generation", DEMO_ROWS)])
-def test_evaluate_script_end_to_end(tiny_model_dir, tmp_path, benchmark, rows):
+def test_evaluate_script_end_to_end(tiny_model_dir, tmp_path):
+    """Both benchmarks from one model load: each its result and per-example file in --out-dir."""
     eval_file = tmp_path / "eval.jsonl"
-    _write_jsonl(eval_file, rows)
-    out, per_example = tmp_path / "out" / "result.json", tmp_path / "out" / "per_example.jsonl"
+    _write_jsonl(eval_file, DEMO_ROWS)
+    out_dir = tmp_path / "out"
     command = [sys.executable, str(REPO / "workflow/scripts/evaluate.py"), "--model", tiny_model_dir,
-               "--eval", str(eval_file), "--benchmark", benchmark, "--out", str(out), "--per-example", str(per_example),
+               "--eval", str(eval_file), "--benchmark", "offline", "demo_generation", "--out-dir", str(out_dir),
                "--label", "tiny", "--batch-size", "2", "--max-length", "64", "--max-prompt-length", "32",
                "--max-new-tokens", "6", "--threads", "1", "--n-resamples", "200"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    result = json.loads(out.read_text())
-    assert {"benchmark", "label", "model_dir", "adapter_dir", "n", "metrics", "ci"} <= set(result)
-    assert result["benchmark"] == benchmark and result["label"] == "tiny" and result["adapter_dir"] is None
-    assert result["n"] == len(rows)
-    records = [json.loads(line) for line in per_example.read_text().splitlines()]
-    assert [record["prompt_id"] for record in records] == [row["prompt_id"] for row in rows]
-    if benchmark == "offline":
-        assert 0.0 <= result["metrics"]["preference_accuracy"] <= 1.0
-        assert result["metrics"]["chosen_logp_mean"] < 0
-        assert set(result["ci"]) >= {"preference_accuracy", "margin_mean"}
-    else:
-        assert result["metrics"]["accuracy"] == 0.0  # a random 2-layer model does not write "Answer: 4"
-        assert {"accuracy/arithmetic", "accuracy/sorting", "accuracy/unit_conversion"} <= set(result["metrics"])
-        assert all(isinstance(record["generated"], str) for record in records)
+    assert sorted(path.name for path in out_dir.iterdir()) == [
+        "demo_generation.examples.jsonl", "demo_generation.json", "offline.examples.jsonl", "offline.json"]
+    for benchmark in ("offline", "demo_generation"):
+        result = json.loads((out_dir / f"{benchmark}.json").read_text())
+        assert {"benchmark", "label", "model_dir", "adapter_dir", "n", "metrics", "ci"} <= set(result)
+        assert result["benchmark"] == benchmark and result["label"] == "tiny" and result["adapter_dir"] is None
+        assert result["n"] == len(DEMO_ROWS) and result["settings"]["precision"] == "fp32"
+        records = [json.loads(line) for line in (out_dir / f"{benchmark}.examples.jsonl").read_text().splitlines()]
+        assert [record["prompt_id"] for record in records] == [row["prompt_id"] for row in DEMO_ROWS]
+        if benchmark == "offline":
+            assert 0.0 <= result["metrics"]["preference_accuracy"] <= 1.0
+            assert result["metrics"]["chosen_logp_mean"] < 0
+            assert set(result["ci"]) >= {"preference_accuracy", "margin_mean"}
+        else:
+            assert result["metrics"]["accuracy"] == 0.0  # a random 2-layer model does not write "Answer: 4"
+            assert {"accuracy/arithmetic", "accuracy/sorting", "accuracy/unit_conversion"} <= set(result["metrics"])
+            assert all(isinstance(record["generated"], str) for record in records)
 
 
 def test_evaluate_script_merges_the_adapter(tiny_model_dir, tmp_path):
@@ -237,9 +256,9 @@ def test_evaluate_script_merges_the_adapter(tiny_model_dir, tmp_path):
     _write_jsonl(eval_file, ROWS[:2])
     chosen_means = []
     for name, extra in (("plain", []), ("adapted", ["--adapter", str(tmp_path / "adapter")])):
-        out = tmp_path / f"{name}.json"
+        out = tmp_path / name / "offline.json"
         command = [sys.executable, str(REPO / "workflow/scripts/evaluate.py"), "--model", tiny_model_dir, *extra,
-                   "--eval", str(eval_file), "--benchmark", "offline", "--out", str(out), "--label", name,
+                   "--eval", str(eval_file), "--benchmark", "offline", "--out-dir", str(out.parent), "--label", name,
                    "--max-length", "64", "--max-prompt-length", "32", "--threads", "1", "--n-resamples", "50"]
         completed = subprocess.run(command, capture_output=True, text=True, timeout=300,
                                    env=dict(os.environ, HF_HUB_OFFLINE="1"))

@@ -82,7 +82,7 @@ def test_editing_one_ablation_reruns_only_that_run(finished_run):
     assert counts == {
         "write_run_config": 1,
         "align": 1,
-        "evaluate": 2,  # offline + demo generation of the new run
+        "evaluate": 1,  # offline + demo generation of the new run, from one model load
         "tables_manifest": 1,
         "tables": 1,
         "figures_manifest": 1,

@@ -68,23 +68,28 @@ def chunked_entropy(hidden_states: torch.Tensor, lm_head, *, softcap=None, logit
     return torch.cat(pieces)
 
 
-def _pair_logps_and_chosen_entropy(model, batch: dict):
+def _pair_logps_and_chosen_entropy(model, batch: dict, *, entropy: bool = True):
     """(chosen_logps, chosen_mask, rejected_logps, rejected_mask, chosen_entropy), each `[B, tokens]`; the
-    entropy is that of the next-token distribution at each chosen completion token, 0 elsewhere."""
-    from prefopt.logprobs import is_packed_batch, packed_pair_token_logps, unwrap_causal_lm
+    entropy is that of the next-token distribution at each chosen completion token, 0 elsewhere (and
+    everywhere when `entropy` is False: no extra LM-head pass)."""
+    from prefopt.logprobs import is_packed_batch, pair_token_logps, packed_pair_token_logps, unwrap_causal_lm
 
     causal_lm = unwrap_causal_lm(model)
+    if not entropy:
+        chosen_logps, chosen_mask, rejected_logps, rejected_mask = pair_token_logps(model, batch)
+        zeros = torch.zeros(chosen_mask.shape, dtype=torch.float32, device=chosen_logps.device)
+        return chosen_logps, chosen_mask, rejected_logps, rejected_mask, zeros
     if not is_packed_batch(batch):
-        token_logps, mask, entropy = _two_row_logps_and_chosen_entropy(model, batch)
+        token_logps, mask, chosen_entropy = _two_row_logps_and_chosen_entropy(model, batch)
         half = token_logps.shape[0] // 2
-        return token_logps[:half], mask[:half], token_logps[half:], mask[half:], entropy
+        return token_logps[:half], mask[:half], token_logps[half:], mask[half:], chosen_entropy
     chosen_logps, chosen_mask, rejected_logps, rejected_mask, hidden = packed_pair_token_logps(
         model, batch, return_chosen_hidden=True)
     softcap, logit_scale = _head_settings(causal_lm)
-    entropy = torch.zeros(chosen_mask.shape, dtype=torch.float32, device=chosen_logps.device)
-    entropy[chosen_mask] = chunked_entropy(hidden, causal_lm.get_output_embeddings(), softcap=softcap,
-                                           logit_scale=logit_scale)
-    return chosen_logps, chosen_mask, rejected_logps, rejected_mask, entropy
+    chosen_entropy = torch.zeros(chosen_mask.shape, dtype=torch.float32, device=chosen_logps.device)
+    chosen_entropy[chosen_mask] = chunked_entropy(hidden, causal_lm.get_output_embeddings(), softcap=softcap,
+                                                  logit_scale=logit_scale)
+    return chosen_logps, chosen_mask, rejected_logps, rejected_mask, chosen_entropy
 
 
 def _two_row_logps_and_chosen_entropy(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -137,8 +142,11 @@ def evaluate_offline(
     slime_delta: float = SLIME_DELTA,
     n_resamples: int = 1000,
     seed: int = 0,
+    entropy: bool = True,
 ) -> tuple[dict, list[dict]]:
     """(summary, per_example) for preference rows (docs/architecture.md schema); see the module docstring.
+
+    `entropy=False` skips the LM-head pass of the chosen-token entropy (its fields are then None).
 
     Rows are tokenized like training (`prefopt.logprobs.tokenize_pair`, same truncation), batched
     by length, and scored under `torch.no_grad()` in eval mode. `per_example` follows `rows`' order.
@@ -173,18 +181,18 @@ def evaluate_offline(
             for start in range(0, len(order), batch_size):
                 indices = order[start:start + batch_size]
                 batch = {key: value.to(device) for key, value in collate([features[i] for i in indices]).items()}
-                chosen_logps, chosen_mask, rejected_logps, rejected_mask, entropy = _pair_logps_and_chosen_entropy(
-                    model, batch)
+                chosen_logps, chosen_mask, rejected_logps, rejected_mask, chosen_entropy = (
+                    _pair_logps_and_chosen_entropy(model, batch, entropy=entropy))
                 chosen_logps, rejected_logps = chosen_logps.float(), rejected_logps.float()
                 chosen_counts = chosen_mask.sum(-1)
                 rejected_counts = rejected_mask.sum(-1)
                 chosen_mean = (chosen_logps * chosen_mask).sum(-1) / chosen_counts
                 rejected_mean = (rejected_logps * rejected_mask).sum(-1) / rejected_counts
-                entropy_mean = entropy.sum(-1) / chosen_counts
+                entropy_mean = chosen_entropy.sum(-1) / chosen_counts
                 for position, index in enumerate(indices):
                     rejected_row = rejected_logps[position][rejected_mask[position]].cpu().numpy()
                     rejected_token_logps.append(rejected_row)
-                    chosen_entropies.append(entropy[position][chosen_mask[position]].cpu().numpy())
+                    chosen_entropies.append(chosen_entropy[position][chosen_mask[position]].cpu().numpy())
                     l_w, l_l = float(chosen_mean[position]), float(rejected_mean[position])
                     per_example[index] = {
                         "prompt_id": rows[index].get("prompt_id"),
@@ -194,19 +202,21 @@ def evaluate_offline(
                         "correct": bool(l_w > l_l),
                         "chosen_tokens": int(chosen_counts[position]),
                         "rejected_tokens": int(rejected_counts[position]),
-                        "chosen_entropy_mean": float(entropy_mean[position]),
+                        "chosen_entropy_mean": float(entropy_mean[position]) if entropy else None,
                         "rejected_token_logp_min": float(rejected_row.min()),
                         "rejected_token_logps": rejected_row.tolist(),  # bootstraps the floor over pairs
                     }
                 progress.update(len(indices))
     finally:
         model.train(was_training)
-    return summarize_offline(per_example, np.concatenate(rejected_token_logps), np.concatenate(chosen_entropies),
+    return summarize_offline(per_example, np.concatenate(rejected_token_logps),
+                             np.concatenate(chosen_entropies) if entropy else None,
                              rejected_floor_quantile=rejected_floor_quantile, slime_delta=slime_delta,
                              n_resamples=n_resamples, seed=seed), per_example
 
 
-def summarize_offline(per_example: list[dict], rejected_token_logps: np.ndarray, chosen_token_entropies: np.ndarray,
+def summarize_offline(per_example: list[dict], rejected_token_logps: np.ndarray,
+                      chosen_token_entropies: np.ndarray | None,
                       *, rejected_floor_quantile: float = 0.01, slime_delta: float = SLIME_DELTA,
                       n_resamples: int = 1000, seed: int = 0) -> dict:
     """The summary dict of `evaluate_offline` from its per-pair records and pooled token arrays."""
@@ -225,8 +235,8 @@ def summarize_offline(per_example: list[dict], rejected_token_logps: np.ndarray,
         "rejected_token_logp_min": float(rejected_token_logps.min()),
         "rejected_token_frac_below_neg_delta": float((rejected_token_logps < -slime_delta).mean()),
         "slime_delta": slime_delta,
-        "chosen_token_entropy_mean": float(chosen_token_entropies.mean()),
-        "n_chosen_tokens": int(chosen_token_entropies.size),
+        "chosen_token_entropy_mean": None if chosen_token_entropies is None else float(chosen_token_entropies.mean()),
+        "n_chosen_tokens": int(sum(record["chosen_tokens"] for record in per_example)),
         "n_rejected_tokens": int(rejected_token_logps.size),
     }
     summary["ci"] = {

@@ -1,13 +1,16 @@
-"""Evaluate one model (optionally with an alignment adapter) on held-out preference rows.
+"""Evaluate one model (optionally with an alignment adapter) on held-out preference rows, on every
+benchmark asked for, with one model load.
 
-    python workflow/scripts/evaluate.py --model results/smollm2/sft --adapter results/smollm2/runs/slime-abc/adapter \
-        --eval results/smollm2/data/eval.jsonl --benchmark offline --label "SLIME" \
-        --out results/smollm2/eval/slime-abc/offline.json --per-example results/smollm2/eval/slime-abc/offline.jsonl
+    python workflow/scripts/evaluate.py --model results/smollm2/sft --adapter results/smollm2/align/slime-abc/adapter \
+        --eval results/data/split/eval.jsonl --benchmark offline demo_generation --label "SLIME" \
+        --out-dir results/smollm2/eval/slime-abc
 
 Benchmarks: ``offline`` (preference accuracy, margin, chosen/rejected log-probs, rejected-token floor,
 entropy; `prefopt.evaluation.offline`) and ``demo_generation`` (greedy-answer accuracy on the demo
-data; `prefopt.evaluation.demo_accuracy`). Writes {"benchmark", "label", "model_dir", "adapter_dir",
-"n", "metrics", "ci", "settings", "elapsed_s"} atomically; metrics are flat numbers.
+data; `prefopt.evaluation.demo_accuracy`). For each, OUT_DIR/<benchmark>.json gets {"benchmark",
+"label", "model_dir", "adapter_dir", "n", "metrics", "ci", "settings", "elapsed_s"} and
+OUT_DIR/<benchmark>.examples.jsonl the per-example records, each written atomically; metrics are
+flat numbers.
 """
 
 from __future__ import annotations
@@ -27,15 +30,16 @@ def parse_args(argv=None):
     parser.add_argument("--model", required=True, help="prepared or SFT model directory")
     parser.add_argument("--adapter", default=None, help="PEFT adapter directory merged on top of --model")
     parser.add_argument("--eval", required=True, help="held-out rows (JSON lines)")
-    parser.add_argument("--benchmark", required=True, choices=BENCHMARKS)
-    parser.add_argument("--out", required=True, help="summary JSON")
-    parser.add_argument("--per-example", default=None, help="per-example records (JSON lines)")
+    parser.add_argument("--benchmark", required=True, nargs="+", choices=BENCHMARKS,
+                        help="one or more benchmarks, scored with the same loaded model")
+    parser.add_argument("--out-dir", required=True, help="<benchmark>.json and <benchmark>.examples.jsonl go here")
     parser.add_argument("--label", required=True, help="name of this model/run in tables")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512, help="offline: prompt + completion tokens")
     parser.add_argument("--max-prompt-length", type=int, default=256)
     parser.add_argument("--max-new-tokens", type=int, default=64, help="demo_generation: reply length")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="auto: bf16 where this node runs bf16 natively, else fp32 (prefopt.precision)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
@@ -43,28 +47,14 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import torch
+def evaluate_one(benchmark: str, model, tokenizer, rows: list[dict], args, precision: str, device) -> dict:
+    """Score `benchmark` and write its result and per-example files into `args.out_dir`; returns the result."""
+    from pathlib import Path
 
-    from prefopt.data import read_rows, validate_rows
     from prefopt.io import write_json, write_jsonl
-    from prefopt.models import load_for_inference
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
     started = time.time()
-    loaded = read_rows(args.eval)
-    rows, _ = validate_rows(loaded.rows, locations=loaded.locations, unparseable=loaded.unparseable, on_bad="error")
-    log.info("%s: %d rows from %s; model %s adapter %s on %s", args.benchmark, len(rows), args.eval,
-             args.model, args.adapter, device)
-    model, tokenizer = load_for_inference(args.model, args.adapter, args.precision)
-    model.to(device)
-
-    if args.benchmark == "offline":
+    if benchmark == "offline":
         from prefopt.evaluation.offline import evaluate_offline
 
         summary, per_example = evaluate_offline(
@@ -80,7 +70,7 @@ def main(argv=None) -> int:
         )
     ci = summary.pop("ci")
     result = {
-        "benchmark": args.benchmark,
+        "benchmark": benchmark,
         "label": args.label,
         "model_dir": args.model,
         "adapter_dir": args.adapter,
@@ -89,16 +79,47 @@ def main(argv=None) -> int:
         "ci": ci,
         "settings": {"eval_file": args.eval, "batch_size": args.batch_size, "max_length": args.max_length,
                      "max_prompt_length": args.max_prompt_length, "max_new_tokens": args.max_new_tokens,
-                     "precision": args.precision, "device": str(device), "n_resamples": args.n_resamples,
+                     "precision": precision, "device": str(device), "n_resamples": args.n_resamples,
                      "seed": args.seed},
         "elapsed_s": round(time.time() - started, 2),
     }
-    if args.per_example:
-        write_jsonl(args.per_example, per_example)
-    write_json(args.out, result)
-    headline = "preference_accuracy" if args.benchmark == "offline" else "accuracy"
-    log.info("%s %s: %s = %.4f (95%% CI %.4f-%.4f), n = %d, %.1fs", args.label, args.benchmark, headline,
+    out_dir = Path(args.out_dir)
+    write_jsonl(out_dir / f"{benchmark}.examples.jsonl", per_example)
+    write_json(out_dir / f"{benchmark}.json", result)
+    headline = "preference_accuracy" if benchmark == "offline" else "accuracy"
+    log.info("%s %s: %s = %.4f (95%% CI %.4f-%.4f), n = %d, %.1fs", args.label, benchmark, headline,
              summary[headline], *ci[headline], summary["n"], result["elapsed_s"])
+    return result
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import torch
+
+    from prefopt.data import read_rows, validate_rows
+    from prefopt.models import load_for_inference
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    loaded = read_rows(args.eval)
+    rows, _ = validate_rows(loaded.rows, locations=loaded.locations, unparseable=loaded.unparseable, on_bad="error")
+    log.info("%s: %d rows from %s; model %s adapter %s on %s", ", ".join(args.benchmark), len(rows), args.eval,
+             args.model, args.adapter, device)
+    precision = args.precision
+    if precision == "auto":
+        from prefopt.precision import resolve
+
+        resolution = resolve("auto", device.type)
+        precision = resolution.precision
+        log.info("precision: auto -> %s (%s)", precision, resolution.reason)
+    model, tokenizer = load_for_inference(args.model, args.adapter, precision)
+    model.to(device)
+
+    for benchmark in args.benchmark:
+        evaluate_one(benchmark, model, tokenizer, rows, args, precision, device)
     return 0
 
 

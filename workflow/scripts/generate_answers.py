@@ -24,7 +24,7 @@ import logging
 import sys
 from pathlib import Path
 
-from prefopt.io import append_jsonl, iter_jsonl, write_jsonl
+from prefopt.io import append_jsonl, iter_jsonl, write_json, write_jsonl
 
 logger = logging.getLogger("generate_answers")
 
@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="keep only the last N prompt tokens (default: no truncation)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--limit", type=int, default=None, help="answer only the first N questions")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="auto: bf16 where this node runs bf16 natively, else fp32 (prefopt.precision)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (MT-Bench categories with T > 0)")
     return parser.parse_args(argv)
@@ -89,6 +90,20 @@ def main(argv: list[str] | None = None) -> int:
         questions = questions[: args.limit]
     out = Path(args.out)
     partial = out.with_name(out.name + ".partial")
+    # Answers resume only under the settings that made them (a changed precision or cap starts afresh).
+    precision = args.precision
+    if precision == "auto":
+        from prefopt.precision import resolve
+
+        precision = resolve("auto", "cuda" if torch.cuda.is_available() else "cpu").precision
+    settings = {"model": args.model, "adapter": args.adapter, "questions": args.questions,
+                "max_new_tokens": args.max_new_tokens, "max_prompt_length": args.max_prompt_length,
+                "batch_size": args.batch_size, "precision": precision, "seed": args.seed}
+    settings_file = partial.with_name(partial.name + ".settings.json")
+    if partial.exists() and (not settings_file.exists() or json.loads(settings_file.read_text()) != settings):
+        logger.warning("dropping %s: made under other generation settings than %s", partial, settings)
+        partial.unlink()
+    write_json(settings_file, settings)
     done = read_partial(partial, id_key)
     wanted = {q[id_key] for q in questions}
     stale = [key for key, record in done.items() if key not in wanted or
@@ -103,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     # Rewrite the good records first (drops a half-written last line), then append each new answer, fsync'd.
     write_jsonl(partial, [done[q[id_key]] for q in questions if q[id_key] in done])
     if pending:
-        model, tokenizer = load_for_inference(args.model, args.adapter, precision=args.precision)
+        model, tokenizer = load_for_inference(args.model, args.adapter, precision=precision)
         if torch.cuda.is_available():
             model.to("cuda")
         common = dict(write=functools.partial(append_jsonl, partial), batch_size=args.batch_size, seed=args.seed,
@@ -124,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     write_jsonl(out, [finished[q[id_key]] for q in questions])
     partial.unlink()
+    settings_file.unlink()
     logger.info("wrote %d answers to %s", len(questions), out)
     return 0
 
