@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from prefopt.evaluation import generation
 from prefopt.evaluation.generation import generate_replies, render_prompt_ids, stop_token_ids
 
 CONVERSATIONS = [
@@ -82,8 +83,59 @@ def test_reply_stops_at_end_of_turn(tiny, monkeypatch):
         new = torch.tensor([words + [im_end] + trailing] * input_ids.shape[0])
         return torch.cat([input_ids, new], dim=1)
 
+    def fake_greedy(model, input_ids, attention_mask, *, max_new_tokens, stop_ids):
+        assert im_end in stop_ids
+        return [words + [im_end] + trailing] * input_ids.shape[0]
+
     monkeypatch.setattr(model, "generate", fake_generate)
+    monkeypatch.setattr(generation, "greedy_generate", fake_greedy)
     assert generate_replies(model, tokenizer, CONVERSATIONS[:2]) == ["Answer: 42", "Answer: 42"]
+    monkeypatch.setattr(generation, "uses_logits_processors", lambda model: True)  # through model.generate
+    assert generate_replies(model, tokenizer, CONVERSATIONS[:2]) == ["Answer: 42", "Answer: 42"]
+
+
+def _tiny_gemma3(tokenizer):
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=5,
+                              layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                              max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(3)
+    model = Gemma3ForCausalLM(config).float().eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(8.0)  # sharper distributions: varied replies instead of one repeated token
+    return model
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3"])
+def test_pruned_greedy_equals_generate(tiny, kind, monkeypatch):
+    """Dropping finished rows from the batch and cache gives generate's greedy tokens (sliding windows too)."""
+    import torch
+
+    model, tokenizer = tiny
+    if kind == "gemma3":
+        model = _tiny_gemma3(tokenizer)
+    prompts = [generation.render_prompt_ids(tokenizer, conv) for conv in CONVERSATIONS]
+    input_ids, attention_mask = generation._left_pad(prompts, tokenizer.pad_token_id)
+    with torch.inference_mode():
+        free = generation.greedy_generate(model, input_ids, attention_mask, max_new_tokens=12, stop_ids=[-1])
+        # The first row's third token stands in for the end of turn: rows then stop at different steps.
+        stop_token = free[0][2]
+        tokens = generation.greedy_generate(model, input_ids, attention_mask, max_new_tokens=12, stop_ids=[stop_token])
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=generation.
+                                _generation_config(12, 0.0, 1.0, None, [stop_token], tokenizer.pad_token_id))
+    lengths = [len(row) for row in tokens]
+    assert len(set(lengths)) > 1, lengths  # rows really left the batch at different steps
+    for row, expected in zip(tokens, output[:, input_ids.shape[1]:].tolist()):
+        assert row == expected[:len(row)]
+        assert row[-1] == stop_token or len(row) == 12
+    monkeypatch.setattr(generation, "stop_token_ids", lambda model, tokenizer: [stop_token])
+    pruned = generate_replies(model, tokenizer, CONVERSATIONS, max_new_tokens=12, batch_size=4)
+    monkeypatch.setattr(generation, "uses_logits_processors", lambda model: True)  # through model.generate
+    assert pruned == generate_replies(model, tokenizer, CONVERSATIONS, max_new_tokens=12, batch_size=4)
 
 
 def test_prompt_truncation_keeps_the_end(tiny):

@@ -7,6 +7,13 @@ Prompts are rendered with ``add_generation_prompt=True``, sorted by length so ea
 little padding, left-padded (decoder-only models continue from the last position), and the
 replies are returned in the caller's order. Greedy when ``temperature == 0``; otherwise sampled,
 with the RNG seeded from ``seed`` and the batch index so a rerun gives the same text.
+
+Greedy replies come from `greedy_generate`, which drops a row (and its KV cache) from the batch as
+soon as it emits a stop token, where `model.generate` keeps computing every finished row until the
+longest reply ends: on the embedded demo prompts about half of generate's decode work. It takes the
+same tokens as `generate`'s greedy search (tested equal on Llama and Gemma 3 with sliding windows);
+models whose generation config asks for logits processors (repetition penalty, suppressed tokens,
+...) go through `generate`.
 """
 
 from __future__ import annotations
@@ -104,6 +111,60 @@ def _generation_config(max_new_tokens, temperature, top_p, top_k, stop_ids, pad_
     )
 
 
+# generation_config fields that add logits processors to greedy search; a model setting any of them
+# is decoded by `model.generate`, which applies them.
+PROCESSOR_FIELDS = ("repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "suppress_tokens",
+                    "begin_suppress_tokens", "forced_bos_token_id", "forced_eos_token_id", "min_length",
+                    "min_new_tokens", "sequence_bias", "encoder_repetition_penalty", "exponential_decay_length_penalty")
+
+
+def uses_logits_processors(model) -> bool:
+    """Whether `model`'s own generation config asks greedy search for a logits processor."""
+    config = getattr(model, "generation_config", None)
+    if config is None:
+        return False
+    for field in PROCESSOR_FIELDS:
+        value = getattr(config, field, None)
+        if value in (None, 0, [], ()) or (field == "repetition_penalty" and value == 1.0):
+            continue
+        return True
+    return False
+
+
+def greedy_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
+                    stop_ids: list[int]) -> list[list[int]]:
+    """Greedy new tokens of each left-padded row, up to and including its first stop token; a finished
+    row leaves the batch and the KV cache at once."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    rows = list(range(input_ids.shape[0]))
+    new_tokens: list[list[int]] = [[] for _ in rows]
+    stops = torch.tensor(stop_ids, device=input_ids.device)
+    # Positions as generate computes them for left padding (padded slots get 1; they are masked out).
+    positions = attention_mask.long().cumsum(-1) - 1
+    positions = positions.masked_fill(attention_mask == 0, 1)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    for step in range(max_new_tokens):
+        tokens = logits.argmax(dim=-1)
+        for row, token in zip(rows, tokens.tolist()):
+            new_tokens[row].append(token)
+        finished = torch.isin(tokens, stops)
+        if step == max_new_tokens - 1 or bool(finished.all()):
+            break
+        if bool(finished.any()):
+            keep = (~finished).nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            rows = [rows[index] for index in keep.tolist()]
+            tokens, attention_mask = tokens[keep], attention_mask[keep]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((attention_mask.shape[0], 1))], dim=1)
+        positions = attention_mask.long().sum(-1, keepdim=True) - 1
+        logits = model(input_ids=tokens[:, None], attention_mask=attention_mask, position_ids=positions,
+                       past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    return new_tokens
+
+
 def generate_replies(
     model,
     tokenizer,
@@ -141,6 +202,7 @@ def generate_replies(
 
         model_defaults = getattr(model, "generation_config", None) or GenerationConfig()
     config = _generation_config(max_new_tokens, temperature, top_p, top_k, stop_ids, pad_token_id, model_defaults)
+    pruned_greedy = not config.do_sample and model_defaults is None and not uses_logits_processors(model)
 
     prompts = [render_prompt_ids(tokenizer, conv) for conv in conversations]
     if max_prompt_length is not None:
@@ -166,10 +228,14 @@ def generate_replies(
                 with torch.random.fork_rng(devices=cuda_devices), torch.inference_mode():
                     if config.do_sample:
                         torch.manual_seed(seed + batch_index)
-                    output = model.generate(
-                        input_ids=input_ids, attention_mask=attention_mask, generation_config=config
-                    )
-                new_tokens = output[:, input_ids.shape[1]:].tolist()
+                    if pruned_greedy:
+                        new_tokens = greedy_generate(model, input_ids, attention_mask,
+                                                     max_new_tokens=max_new_tokens, stop_ids=stop_ids)
+                    else:
+                        output = model.generate(
+                            input_ids=input_ids, attention_mask=attention_mask, generation_config=config
+                        )
+                        new_tokens = output[:, input_ids.shape[1]:].tolist()
                 for i, tokens in zip(indices, new_tokens):
                     end = next((pos for pos, tok in enumerate(tokens) if tok in stop_set), len(tokens))
                     replies[i] = tokenizer.decode(tokens[:end], skip_special_tokens=True).strip()
