@@ -53,3 +53,17 @@ def build_tiny_llama(tokenizer_dir: str, out_dir, *, seed: int = 0, hidden_size:
 def tiny_model_dir(tokenizer_dir, tmp_path_factory):
     """2 layers, hidden 64, vocab 49152, seed 0, fp32."""
     return build_tiny_llama(tokenizer_dir, tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_a_sft_workdir(tiny_model_dir, tmp_path_factory):
+    """A workflow directory where `tiny_config({"tiny-a": tiny_model_dir})` has run up to SFT: demo
+    data, split, prepared model and SFT of tiny-a. Read-only: tests that start a DAG from it take a
+    copy (workflow_utils.clone_workdir). Each DAG test on tiny-a would otherwise rebuild the same
+    chain of four jobs (~30 s); Snakemake reruns any of them whose settings a test's config changes."""
+    from workflow_utils import copy_workflow, snakemake, tiny_config, write_config
+
+    workdir = copy_workflow(tmp_path_factory.mktemp("tiny-a-sft"))
+    path = write_config(workdir / "tiny-a-sft.yaml", tiny_config({"tiny-a": tiny_model_dir}))
+    snakemake(workdir, "results/tiny-a/sft", "--cores", "2", "--configfile", str(path))
+    return workdir

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from workflow_utils import copy_workflow, snakemake, tiny_config, write_config
+from workflow_utils import clone_workdir, snakemake, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -79,9 +79,9 @@ def _chat_posts(log_path: Path) -> int:
     return len(re.findall(r"POST /v1/chat/completions HTTP/1\.1\" 200", log_path.read_text()))
 
 
-def test_dag_judged_by_transformers_serve(served_judge, tiny_model_dir, tmp_path):
+def test_dag_judged_by_transformers_serve(served_judge, tiny_model_dir, tiny_a_sft_workdir, tmp_path):
     base_url, judge_name, log_path = served_judge
-    workdir = copy_workflow(tmp_path / "workflow")
+    workdir = clone_workdir(tiny_a_sft_workdir, tmp_path / "workflow")  # tiny-a's prepared model there
     config = tiny_config({"tiny-a": tiny_model_dir})
     config["evaluation"]["benchmarks"] = ["offline"]
     config["judge"] = {

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from workflow_utils import copy_workflow, snakemake, tiny_config, write_config
+from workflow_utils import clone_workdir, snakemake, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -39,10 +39,23 @@ def run_edit(workdir, config, name):
 
 
 @pytest.fixture(scope="module")
-def finished(tiny_model_dir, tmp_path_factory):
-    workdir = copy_workflow(tmp_path_factory.mktemp("identity"))
+def base_run(tiny_model_dir, tiny_a_sft_workdir, tmp_path_factory):
+    """The base config run once (from the shared split and SFT of tiny-a); tests edit copies of it."""
+    workdir = clone_workdir(tiny_a_sft_workdir, tmp_path_factory.mktemp("identity") / "workflow")
     config = small_config(tiny_model_dir)
     return workdir, config, run_edit(workdir, config, "base.yaml")
+
+
+@pytest.fixture
+def finished(base_run, tmp_path):
+    """A copy of the finished base run, for one test to edit; the base config has nothing left to do
+    in it, so whatever an edit reruns, the edit alone made it rerun."""
+    source, config, before = base_run
+    workdir = clone_workdir(source, tmp_path / "workflow")
+    nothing = snakemake(workdir, "-n", "--cores", "2", "--configfile", "base.yaml")
+    assert "Nothing to be done" in nothing.stdout + nothing.stderr, nothing.stdout[-3000:]
+    assert training_state(workdir) == before
+    return workdir, config, before
 
 
 def assert_retrained_from_scratch(before, after, *, expect):
@@ -73,8 +86,7 @@ def test_sft_setting_change_retrains_sft_and_every_align_job_from_step_0(finishe
 
 
 def test_data_change_retrains_everything_from_step_0(finished):
-    workdir, config, _ = finished
-    before = run_edit(workdir, config, "base-again.yaml")
+    workdir, config, before = finished
     edited = copy.deepcopy(config)
     edited["data"]["demo"]["n"] = 70
     after = run_edit(workdir, edited, "demo-n.yaml")

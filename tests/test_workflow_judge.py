@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from fake_judge_server import FakeJudgeServer
-from workflow_utils import copy_workflow, snakemake, tiny_config, write_config
+from workflow_utils import clone_workdir, snakemake, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -20,8 +20,8 @@ def reply(body, index):
     return "The answer is brief. Rating: [[6]]"
 
 
-def test_judged_tables(tiny_model_dir, tmp_path, monkeypatch):
-    workdir = copy_workflow(tmp_path / "workflow")
+def test_judged_tables(tiny_model_dir, tiny_a_sft_workdir, tmp_path, monkeypatch):
+    workdir = clone_workdir(tiny_a_sft_workdir, tmp_path / "workflow")  # tiny-a's split and SFT done
     with FakeJudgeServer(reply) as server:
         config = tiny_config({"tiny-a": tiny_model_dir})
         config["methods"] = {"slime": {"preset": "paper"}}

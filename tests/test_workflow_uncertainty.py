@@ -8,13 +8,13 @@ import json
 import pandas as pd
 import pytest
 
-from workflow_utils import copy_workflow, job_counts, snakemake, tiny_config, write_config
+from workflow_utils import clone_workdir, job_counts, snakemake, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
 
 
-def test_probes_paired_cis_and_seeds_reach_tables_and_figures(tiny_model_dir, tmp_path):
-    workdir = copy_workflow(tmp_path / "workflow")
+def test_probes_paired_cis_and_seeds_reach_tables_and_figures(tiny_model_dir, tiny_a_sft_workdir, tmp_path):
+    workdir = clone_workdir(tiny_a_sft_workdir, tmp_path / "workflow")  # tiny-a's split and SFT done
     config = tiny_config({"tiny-a": tiny_model_dir})
     config["methods"] = {"simpo": {"beta": 2.0, "gamma": 0.2}, "slime": {"preset": "paper"}}
     config["ablations"] = {}

@@ -29,6 +29,15 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
+def clone_workdir(source: Path, dest: Path) -> Path:
+    """A copy of a workflow directory that has run: results, logs, checkpoints and Snakemake's
+    metadata, with every file's and folder's mtime kept (copy2), so what was up to date in `source`
+    is up to date in `dest`. Paths inside it are relative (checkpoint_dir, results/), so nothing
+    points back at `source`."""
+    shutil.copytree(source, dest, symlinks=True)
+    return dest
+
+
 def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", HF_HUB_OFFLINE="1")
     result = subprocess.run(
