@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 
@@ -47,6 +48,28 @@ def test_embedded_default_dry_run(workdir):
     assert counts["align"] == 4 + 4 + 4
     assert counts["evaluate"] == 2 + 12  # one job per model: offline and demo generation from one load
     assert "generate_answers" not in counts  # no judge configured: nothing judged, nothing stood in for it
+
+
+def test_auto_precision_prints_its_resolution_once_and_names_the_runs(workdir, base_config):
+    """`precision: auto` resolves at planning on this CPU: one start-up line, the resolved value in the run configs."""
+    from prefopt.precision import resolve
+
+    config = copy.deepcopy(base_config)
+    config["precision"] = "auto"
+    result = dry_run(workdir, config)
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = resolve("auto", "cpu")
+    assert result.stderr.count(f"precision: auto -> {expected.precision} ({expected.reason})") == 1
+
+    def run_configs(output):
+        return sorted(re.findall(r"--out (results/\S+/runs/\S+\.json)", output))
+
+    explicit = copy.deepcopy(config)
+    explicit["precision"] = expected.precision
+    spelled_out = dry_run(workdir, explicit, name="explicit.yaml")
+    assert "precision: auto" not in spelled_out.stderr
+    # The same run names as the resolved value written out: `auto` is resolved into every run config.
+    assert run_configs(result.stdout) and run_configs(result.stdout) == run_configs(spelled_out.stdout)
 
 
 def test_training_and_evaluation_precision_are_separate(workdir, base_config):
