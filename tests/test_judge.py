@@ -159,6 +159,11 @@ def test_client_error_fails_at_once_with_the_key_redacted(server):
     assert server.request_count == 1
     assert "401" in str(raised.value) and "***" in str(raised.value)
     assert FAKE_API_KEY not in str(raised.value) and FAKE_API_KEY not in repr(raised.value)
+    # One line that names the variable to fix.
+    assert f"environment variable {FAKE_KEY_ENV}" in str(raised.value) and "\n" not in str(raised.value)
+    server.queue_faults([Fault(status=403)])
+    with pytest.raises(JudgeRequestError, match=f"403.*check the API key in environment variable {FAKE_KEY_ENV}"):
+        make_client(server).chat(MESSAGES)
 
 
 def test_retries_are_bounded_and_the_error_is_redacted(server):

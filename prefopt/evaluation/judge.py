@@ -240,6 +240,13 @@ class JudgeClient:
         return openai.AsyncOpenAI(base_url=self.config.base_url, api_key=key or "no-key",
                                   timeout=self.config.timeout_s, max_retries=self.config.max_retries)
 
+    def credentials_hint(self) -> str:
+        """Which variable to fix when the judge rejects the credentials (HTTP 401/403)."""
+        name = self.config.api_key_env
+        if name is None:
+            return "no API key was sent (judge config 'api_key_env' is null): set it to the variable holding the key"
+        return f"check the API key in environment variable {name} (judge config 'api_key_env')"
+
     async def achat(self, session, messages: list[dict]) -> Completion:
         """The judge's reply to `messages`; raises `_Rejected` on HTTP 400, `JudgeError` otherwise."""
         import openai
@@ -263,6 +270,8 @@ class JudgeClient:
                 if _retriable(error.status_code):
                     last_error = self.redact(description)
                     break
+                if error.status_code in (401, 403):
+                    description += f"; {self.credentials_hint()}"
                 raise JudgeRequestError(self.redact(f"judge {self.url} rejected the request: {description}")) from None
             except openai.APITimeoutError:
                 attempts += config.max_retries + 1
