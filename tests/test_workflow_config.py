@@ -72,6 +72,23 @@ def test_auto_precision_prints_its_resolution_once_and_names_the_runs(workdir, b
     assert run_configs(result.stdout) and run_configs(result.stdout) == run_configs(spelled_out.stdout)
 
 
+def test_auto_precision_waits_for_the_jobs_node_when_jobs_may_run_elsewhere(workdir, base_config):
+    """Planned with `--jobs` and no `--cores` (what a cluster executor gets), `auto` stays in the run configs
+    for each job to resolve on its node: other run names than any resolved precision's."""
+    config = copy.deepcopy(base_config)
+    config["precision"] = "auto"
+    path = write_config(workdir / "auto-jobs.yaml", config)
+    result = snakemake(workdir, "-n", "--jobs", "2", "--configfile", str(path))
+    assert "precision: auto -> resolved by each job on its own node (jobs run elsewhere)" in result.stderr
+    per_job = set(re.findall(r"--out (results/\S+/runs/\S+\.json)", result.stdout))
+    for resolved in ("fp32", "bf16"):
+        explicit = copy.deepcopy(config)
+        explicit["precision"] = resolved
+        names = set(re.findall(r"--out (results/\S+/runs/\S+\.json)", dry_run(workdir, explicit, "x.yaml").stdout))
+        assert per_job - {"results/tiny-a/runs/sft.json", "results/tiny-b/runs/sft.json"} and per_job & names == {
+            "results/tiny-a/runs/sft.json", "results/tiny-b/runs/sft.json"}
+
+
 def test_training_and_evaluation_precision_are_separate(workdir, base_config):
     """`precision` reaches the model preparation and the run configs; `evaluation.precision` the evaluations."""
     config = copy.deepcopy(base_config)
