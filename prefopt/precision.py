@@ -14,7 +14,7 @@ oneDNN then runs no bf16 kernels.
 Where `auto` resolves (docs/precision.md): the planner resolves it once when the jobs run on the
 planning machine (a local CPU run), so the resolved value is in every run config, run name and
 identity. For `device: cuda`, or under a cluster executor, the planning node is not where jobs run:
-the run config keeps `auto`, each job resolves it on its own node (`prefopt.cli`), records what it
+the run config keeps `auto`, each job resolves it on its own node (`prefopt.job`), records what it
 used in its identity and summary, and a checkpoint made in another precision is never resumed.
 """
 

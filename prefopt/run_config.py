@@ -29,7 +29,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 METHODS = ("sft", "dpo", "simpo", "slime", "stapo")
-PRECISIONS = ("auto", "fp32", "bf16")  # auto: resolved by the job on its node (prefopt.cli) before training
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: resolved by the job on its node (prefopt.job.resolve_job_precision)
 DEVICES = ("cpu", "cuda")
 
 _NUMBER = (int, float)
@@ -209,7 +209,7 @@ def training_arguments_kwargs(run_config: dict, output_dir: str | os.PathLike) -
     on_cpu = training["device"] == "cpu"
     if training["precision"] not in ("fp32", "bf16"):
         raise RunConfigError(f"run config 'training.precision' is {training['precision']!r}: resolve 'auto' on the "
-                             "job's node first (prefopt.cli.resolve_job_precision)")
+                             "job's node first (prefopt.job.resolve_job_precision)")
     if on_cpu and training["precision"] == "bf16":
         from prefopt.precision import cpu_native_bf16
 
