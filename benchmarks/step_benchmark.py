@@ -85,17 +85,14 @@ SENTENCES = [
 ]
 
 
-def parser_default_trainers() -> str:
-    return ",".join(TRAINERS)
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="prepared HF model dir (default: a tiny Llama built here)")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="demo")
     parser.add_argument("--out", default="step_benchmark.md", help="markdown table output")
     parser.add_argument("--json", default=None, help="JSON output: median_step_s, peak_rss_delta_mb, ... per trainer")
-    parser.add_argument("--trainers", default=parser_default_trainers(), help=f"comma-separated subset of {TRAINERS}")
+    parser.add_argument("--trainers", default=None,
+                        help=f"comma-separated subset of {TRAINERS} (default: all; slime_bf16 only with native bf16)")
     parser.add_argument("--pairs", type=int, default=None, help="pairs per step (default: the shape's)")
     parser.add_argument("--row-tokens", type=int, default=None,
                         help="tokens per packed row for slime_all / slime_packed (0: one sequence per row; "
@@ -416,11 +413,11 @@ def main(argv=None) -> int:
     from prefopt.precision import cpu_native_bf16
 
     native, capability = cpu_native_bf16()
-    names = [name.strip() for name in args.trainers.split(",") if name.strip()]
+    names = [name.strip() for name in (args.trainers or ",".join(TRAINERS)).split(",") if name.strip()]
     for name in names:
         if name not in TRAINERS:
             raise SystemExit(f"--trainers: unknown trainer {name!r}; choose from {TRAINERS}")
-    if args.trainers == parser_default_trainers() and not native:
+    if args.trainers is None and not native:
         names.remove("slime_bf16")
         log.info("slime_bf16 left out: %s (name it in --trainers to run it anyway)", capability)
     matmul = matmul_gflops(args.threads)
