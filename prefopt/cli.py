@@ -28,6 +28,9 @@ def training_parser(description: str, *, model_help: str, train_help: str) -> ar
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads for the whole job (default: SLURM's allocation or os.cpu_count())")
     parser.add_argument("--require-gpus", type=int, default=0, help="fail unless at least this many GPUs are visible")
+    parser.add_argument("--objective-source", default=None,
+                        help="file of the config's own objective module the run config's method comes from "
+                             "(`objectives:`); imported before the run config is checked, and part of the identity")
     return parser
 
 
@@ -45,11 +48,15 @@ def training_main(name: str, args: argparse.Namespace, load_stage: Callable) -> 
     from prefopt.guards import NonFiniteStepError
     from prefopt.run_config import MissingGPUsError, RunConfigError, check_devices, load_run_config, set_torch_threads
 
+    from prefopt.objectives import ObjectiveError, import_source
+
     threads = set_torch_threads(args.threads)
     try:
+        if args.objective_source:
+            import_source(args.objective_source)  # registers the config's own objectives
         run_config = load_run_config(args.run_config)
         check_devices(run_config, args.require_gpus)
-    except (RunConfigError, MissingGPUsError) as error:
+    except (RunConfigError, MissingGPUsError, ObjectiveError) as error:
         log.error("%s", error)  # one clear line instead of a traceback
         return EXIT_CANNOT_SUCCEED
     log.info("method %s, loss_kwargs %s, %d torch threads per process", run_config["method"],
@@ -58,7 +65,8 @@ def training_main(name: str, args: argparse.Namespace, load_stage: Callable) -> 
 
     try:
         summary = run_job(load_stage(), run_config, model_dir=args.model, train_path=args.train, out_dir=args.out,
-                          checkpoint_dir=args.checkpoint_dir, eval_path=args.eval, probe_path=args.probe_rows)
+                          checkpoint_dir=args.checkpoint_dir, eval_path=args.eval, probe_path=args.probe_rows,
+                          objective_source=args.objective_source)
     except NonFiniteStepError as error:
         log.error("%s", error)
         return EXIT_NON_FINITE

@@ -39,9 +39,31 @@ def load_schema(schema_path: str | os.PathLike) -> dict:
         return yaml.safe_load(handle)
 
 
+def schema_with_objectives(schema: dict, modules=()) -> dict:
+    """A copy of `schema` whose `methods` (and `$defs/objectives`) hold one object per registered objective:
+    the built-ins and those of `modules` (the config's `objectives:`), read from the loss signatures."""
+    from prefopt.objectives import ObjectiveError, load_objectives
+
+    if not isinstance(modules, list) or not all(isinstance(module, str) for module in modules):
+        raise ConfigError(f"objectives: must be a list of module names, got {_short(modules)}")
+    try:
+        registry = load_objectives(modules)
+    except ObjectiveError as error:
+        raise ConfigError(str(error)) from None
+    schema = copy.deepcopy(schema)
+    definitions = schema["$defs"]["objectives"]
+    for name, spec in sorted(registry.items()):
+        definitions[name] = spec.json_schema()
+        schema["properties"]["methods"]["properties"][name] = {"$ref": f"#/$defs/objectives/{name}"}
+    return schema
+
+
 def load_config(config: dict, schema_path: str | os.PathLike | dict) -> dict:
-    """A copy of `config` with the schema's defaults filled in, validated; raises `ConfigError`."""
+    """A copy of `config` with the schema's defaults filled in, validated; raises `ConfigError`.
+
+    The objectives the config may name are the built-in ones and those its `objectives:` modules register."""
     schema = schema_path if isinstance(schema_path, dict) else load_schema(schema_path)
+    schema = schema_with_objectives(schema, dict(config).get("objectives") or [])
     validator = jsonschema.Draft202012Validator(schema)
     resolved = copy.deepcopy(dict(config))
     fill_defaults(resolved, schema, root=schema)

@@ -202,14 +202,15 @@ def resolve_job_precision(run_config: dict) -> dict:
 
 
 def run_job(stage: Stage, run_config: dict, *, model_dir, train_path, out_dir, checkpoint_dir,
-            eval_path=None, probe_path=None) -> dict:
+            eval_path=None, probe_path=None, objective_source=None) -> dict:
     """Train one SFT or alignment run from a checked run config and publish `out_dir` atomically.
 
     `out_dir` gets the weights (`stage.save`), `metrics.jsonl`, `data_report.json`, `identity.json`
     and `summary.json` (the run config the weights were trained with, the identity, the resume
     point). Only the main process writes. Returns the summary (empty on other processes).
     With `run_config["probes"]`, the first `pairs` rows of `probe_path` are scored at step 0 and
-    every `every_steps` steps (prefopt.probes) into the metrics file.
+    every `every_steps` steps (prefopt.probes) into the metrics file. `objective_source`, the file of
+    a config's own objective module, is an input of the identity like the data.
     """
     from transformers import set_seed
 
@@ -223,7 +224,7 @@ def run_job(stage: Stage, run_config: dict, *, model_dir, train_path, out_dir, c
     if probes and probe_path is None:
         raise ValueError(f"{stage.name}: the run config asks for probes but no probe rows were given")
     identity = job_identity(run_config, {"model": model_dir, "train": train_path, "eval": eval_path,
-                                         "probes": probe_path if probes else None})
+                                         "probes": probe_path if probes else None, "objective": objective_source})
     logger.info("job identity %s (run config %s)", identity["id"], identity["run_config"][:12])
 
     set_seed(training["seed"])  # paper, "Reproducibility": seed 0 for random, numpy and torch

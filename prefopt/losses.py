@@ -1,4 +1,7 @@
-"""Preference objectives on per-token log-probs: SLIME, DPO, SimPO and StaPO, plus a registry.
+"""Preference objectives on per-token log-probs: SLIME, DPO, SimPO and StaPO.
+
+Each objective is one function registered with `@objective` (prefopt.objectives): its name, label,
+citation, and keyword-only hyperparameters whose types, ranges and defaults are in the signature.
 
 Every loss is a pure function of per-token log-probs of *completion* tokens, shape
 ``[batch, tokens]``, and 0/1 masks of the same shape (chosen and rejected may have different
@@ -11,9 +14,10 @@ under TRL's metric names (``rewards/chosen``, ``rewards/rejected``, ``rewards/ma
 Inputs in a low-precision float type (bf16, fp16) are upcast to float32 before the sums; float32
 and float64 inputs keep their type.
 
-    from prefopt.losses import compute_loss, PRESETS
+    from prefopt.losses import compute_loss
+    from prefopt.objectives import get_objective
     loss, metrics = compute_loss("slime", chosen_logps, chosen_mask, rejected_logps, rejected_mask)
-    loss, metrics = compute_loss("slime", ..., **PRESETS["authors_code"])
+    loss, metrics = compute_loss("slime", ..., **get_objective("slime").presets["authors_code"])
     loss, metrics = compute_loss("dpo", ..., ref_chosen_logps=ref_c, ref_rejected_logps=ref_r, beta=0.1)
 
 The formulas, defaults, ablations and conventions are written out in docs/objectives.md.
@@ -21,26 +25,18 @@ The formulas, defaults, ablations and conventions are written out in docs/object
 
 from __future__ import annotations
 
-import inspect
-import math
-import numbers
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 
+from prefopt.objectives import Range, UnknownHyperparameterError, get_objective, objective
+
 __all__ = [
-    "LOSSES",
-    "PRESETS",
-    "LossSpec",
-    "UnknownLossArgumentError",
-    "UnknownLossError",
-    "UnknownPresetError",
+    "SLIME_PRESETS",
+    "UnknownHyperparameterError",
     "compute_loss",
     "dpo_loss",
-    "get_loss",
-    "get_preset",
     "sequence_mean_logps",
     "sequence_sum_logps",
     "simpo_loss",
@@ -136,24 +132,7 @@ def _check_batches(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor) -> 
 
 
 # --------------------------------------------------------------------------------------------
-# Hyperparameter checks: fail early, naming the parameter
-
-
-def _real(value, name: str, *, minimum: float | None = None, strictly: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if minimum is not None and (value <= minimum if strictly else value < minimum):
-        raise ValueError(f"{name} must be {'>' if strictly else '>='} {minimum}, got {value}")
-    return value
-
-
-def _flag(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return value
+# Metrics
 
 
 def _preference_metrics(
@@ -161,9 +140,16 @@ def _preference_metrics(
     rejected_rewards: torch.Tensor,
     chosen_logps: torch.Tensor,
     rejected_logps: torch.Tensor,
+    *,
+    chosen_mean: torch.Tensor | None = None,
+    rejected_mean: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """TRL's names: batch means of per-pair rewards, margins, accuracies and sequence log-probs."""
+    """TRL's names: batch means of per-pair rewards, margins, accuracies and sequence log-probs, plus
+    `logps/*_mean`, the length-normalised l̄ that puts every objective on one axis (the figures' curves).
+    `chosen_mean`/`rejected_mean` default to `chosen_logps`/`rejected_logps` (already means)."""
     chosen_rewards, rejected_rewards = chosen_rewards.detach(), rejected_rewards.detach()
+    chosen_mean = chosen_logps if chosen_mean is None else chosen_mean
+    rejected_mean = rejected_logps if rejected_mean is None else rejected_mean
     return {
         "rewards/chosen": chosen_rewards.mean(),
         "rewards/rejected": rejected_rewards.mean(),
@@ -171,27 +157,47 @@ def _preference_metrics(
         "rewards/accuracies": (chosen_rewards > rejected_rewards).to(chosen_rewards.dtype).mean(),
         "logps/chosen": chosen_logps.detach().mean(),
         "logps/rejected": rejected_logps.detach().mean(),
+        "logps/chosen_mean": chosen_mean.detach().mean(),
+        "logps/rejected_mean": rejected_mean.detach().mean(),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# SLIME's named settings, each completed with slime_loss's defaults (`methods.slime.preset`)
+
+SLIME_PRESETS: dict[str, dict] = {
+    # Section 4.1 of the paper: the defaults of slime_loss.
+    "paper": {},
+    # The defaults of `SlimeConfig` in the authors' public code (github.com/fpsigma/trl-slime):
+    # center_lambda_chosen=0.8, center_lambda_rejected=0.0005, rejected_penalty_shift=0.5,
+    # dist_lambda=1.0, hard_margin=1.5, soft_margin=1.0; its SlimeTrainer hard-codes kappa=2.5
+    # (`sigmoid(-2.5 * (dist - soft_margin))`) and p=2.5 (`softplus(inner) ** 2.5`).
+    "authors_code": {"lambda_w": 0.8, "lambda_l": 0.0005, "delta": 0.5, "kappa": 2.5, "p": 2.5},
+    # The defaults of the authors' launch script, which overrides three SlimeConfig fields:
+    # --slime-lambda-chosen 0.1, --slime-lambda-rejected 0.0005, --slime-shift 1.25.
+    "authors_script": {"lambda_w": 0.1, "lambda_l": 0.0005, "delta": 1.25, "kappa": 2.5, "p": 2.5},
+}
 
 
 # --------------------------------------------------------------------------------------------
 # SLIME (Afanasyev & Iov, 2026), equations 5-10 and Appendix A
 
 
+@objective("slime", label="SLIME", citation="Afanasyev & Iov, 2026", presets=SLIME_PRESETS)
 def slime_loss(
     chosen_logps: torch.Tensor,
     chosen_mask: torch.Tensor,
     rejected_logps: torch.Tensor,
     rejected_mask: torch.Tensor,
     *,
-    lambda_w: float = 0.1,
-    lambda_l: float = 0.1,
-    lambda_d: float = 1.0,
+    lambda_w: Annotated[float, Range(ge=0)] = 0.1,
+    lambda_l: Annotated[float, Range(ge=0)] = 0.1,
+    lambda_d: Annotated[float, Range(ge=0)] = 1.0,
     delta: float = 1.25,
-    hard_margin: float = 1.5,
-    soft_margin: float = 1.0,
-    kappa: float = 2.5,
-    p: float = 2.5,
+    hard_margin: Annotated[float, Range(ge=0)] = 1.5,
+    soft_margin: Annotated[float, Range(ge=0)] = 1.0,
+    kappa: Annotated[float, Range(gt=0)] = 2.5,
+    p: Annotated[float, Range(gt=0)] = 2.5,
     use_hard_margin: bool = True,
     use_soft_margin: bool = True,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -207,17 +213,6 @@ def slime_loss(
     `use_soft_margin=False` the sigmoid factor by 1 (Table 4's ablations); `lambda_w=0` and
     `lambda_l=0` remove the chosen and rejected terms. Paper defaults (section 4.1).
     """
-    lambda_w = _real(lambda_w, "lambda_w", minimum=0.0)
-    lambda_l = _real(lambda_l, "lambda_l", minimum=0.0)
-    lambda_d = _real(lambda_d, "lambda_d", minimum=0.0)
-    delta = _real(delta, "delta")
-    hard_margin = _real(hard_margin, "hard_margin")
-    soft_margin = _real(soft_margin, "soft_margin")
-    kappa = _real(kappa, "kappa")
-    p = _real(p, "p", minimum=0.0, strictly=True)
-    use_hard_margin = _flag(use_hard_margin, "use_hard_margin")
-    use_soft_margin = _flag(use_soft_margin, "use_soft_margin")
-
     chosen_mean = sequence_mean_logps(chosen_logps, chosen_mask, name="chosen_logps")
     rejected_mean = sequence_mean_logps(rejected_logps, rejected_mask, name="rejected_logps")
     _check_batches(chosen_logps, rejected_logps)
@@ -267,15 +262,16 @@ def slime_loss(
 # DPO (Rafailov et al., 2023), the sigmoid loss with summed log-probs
 
 
+@objective("dpo", label="DPO", citation="Rafailov et al., 2023")
 def dpo_loss(
     chosen_logps: torch.Tensor,
     chosen_mask: torch.Tensor,
     rejected_logps: torch.Tensor,
     rejected_mask: torch.Tensor,
+    *,
     ref_chosen_logps: torch.Tensor,
     ref_rejected_logps: torch.Tensor,
-    *,
-    beta: float = 0.1,
+    beta: Annotated[float, Range(gt=0)] = 0.1,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """DPO: -log sigmoid(beta [(log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))]).
 
@@ -284,7 +280,6 @@ def dpo_loss(
     TRL's DPOTrainer with `loss_type="sigmoid"`, metrics included (`logps/*` are summed log-probs,
     as TRL logs them).
     """
-    beta = _real(beta, "beta", minimum=0.0, strictly=True)
     for ref, policy, name in (
         (ref_chosen_logps, chosen_logps, "ref_chosen_logps"),
         (ref_rejected_logps, rejected_logps, "ref_rejected_logps"),
@@ -303,12 +298,12 @@ def dpo_loss(
     chosen_logratios = chosen_sum - ref_chosen_sum
     rejected_logratios = rejected_sum - ref_rejected_sum
     loss = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios)).mean()
-    metrics = _preference_metrics(beta * chosen_logratios, beta * rejected_logratios, chosen_sum, rejected_sum)
-    # TRL's logps/* are summed for DPO; the length-normalised l̄ puts every method on one axis.
-    metrics["logps/chosen_mean"] = sequence_mean_logps(chosen_logps.detach(), chosen_mask, name="chosen_logps").mean()
-    metrics["logps/rejected_mean"] = sequence_mean_logps(
-        rejected_logps.detach(), rejected_mask, name="rejected_logps"
-    ).mean()
+    # TRL's logps/* are summed for DPO.
+    metrics = _preference_metrics(
+        beta * chosen_logratios, beta * rejected_logratios, chosen_sum, rejected_sum,
+        chosen_mean=sequence_mean_logps(chosen_logps.detach(), chosen_mask, name="chosen_logps"),
+        rejected_mean=sequence_mean_logps(rejected_logps.detach(), rejected_mask, name="rejected_logps"),
+    )
     return loss, metrics
 
 
@@ -316,14 +311,15 @@ def dpo_loss(
 # SimPO (Meng et al., 2024)
 
 
+@objective("simpo", label="SimPO", citation="Meng et al., 2024")
 def simpo_loss(
     chosen_logps: torch.Tensor,
     chosen_mask: torch.Tensor,
     rejected_logps: torch.Tensor,
     rejected_mask: torch.Tensor,
     *,
-    beta: float = 2.0,
-    gamma: float = 0.2,
+    beta: Annotated[float, Range(gt=0)] = 2.0,
+    gamma: Annotated[float, Range(ge=0)] = 0.2,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """SimPO: -log sigmoid(beta l̄_w - beta l̄_l - gamma), reference-free.
 
@@ -331,8 +327,6 @@ def simpo_loss(
     scaling), the same quantity as TRL's `CPOConfig.simpo_gamma`; SimPO's own code takes
     `gamma_beta_ratio = gamma / beta` instead. Rewards are beta * l̄, as TRL's CPOTrainer logs them.
     """
-    beta = _real(beta, "beta", minimum=0.0, strictly=True)
-    gamma = _real(gamma, "gamma")
     chosen_mean = sequence_mean_logps(chosen_logps, chosen_mask, name="chosen_logps")
     rejected_mean = sequence_mean_logps(rejected_logps, rejected_mask, name="rejected_logps")
     _check_batches(chosen_logps, rejected_logps)
@@ -345,13 +339,14 @@ def simpo_loss(
 # StaPO (two-sided contrastive learning; only the abstract is public)
 
 
+@objective("stapo", label="StaPO", citation="two-sided contrastive loss, abstract only (docs/objectives.md)")
 def stapo_loss(
     chosen_logps: torch.Tensor,
     chosen_mask: torch.Tensor,
     rejected_logps: torch.Tensor,
     rejected_mask: torch.Tensor,
     *,
-    beta: float = 2.0,
+    beta: Annotated[float, Range(gt=0)] = 2.0,
     left_margin: float = 0.5,
     right_margin: float = 2.5,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -364,9 +359,6 @@ def stapo_loss(
     right margin. The loss is convex in z, its gradient is bounded by beta, and its minimum is at
     the midpoint of the two margins. This is our reading of the abstract (docs/objectives.md).
     """
-    beta = _real(beta, "beta", minimum=0.0, strictly=True)
-    left_margin = _real(left_margin, "left_margin")
-    right_margin = _real(right_margin, "right_margin")
     if right_margin <= left_margin:
         raise ValueError(f"right_margin ({right_margin}) must be greater than left_margin ({left_margin})")
     chosen_mean = sequence_mean_logps(chosen_logps, chosen_mask, name="chosen_logps")
@@ -392,96 +384,7 @@ def stapo_loss(
 
 
 # --------------------------------------------------------------------------------------------
-# Registry
-
-
-class UnknownLossError(KeyError, ValueError):
-    """An unknown loss name. A KeyError (lookup) and a ValueError (bad config value) both."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
-
-
-class UnknownPresetError(KeyError, ValueError):
-    """An unknown SLIME preset name."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
-class UnknownLossArgumentError(TypeError, ValueError):
-    """A keyword argument the chosen loss does not take."""
-
-
-def _keyword_defaults(fn: Callable) -> dict:
-    return {
-        name: parameter.default
-        for name, parameter in inspect.signature(fn).parameters.items()
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.default is not inspect.Parameter.empty
-    }
-
-
-@dataclass(frozen=True)
-class LossSpec:
-    """A loss function, whether it needs reference-model log-probs, and its hyperparameter defaults."""
-
-    fn: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
-    needs_reference: bool
-    defaults: dict = field(hash=False)
-
-
-LOSSES: dict[str, LossSpec] = {
-    "dpo": LossSpec(dpo_loss, needs_reference=True, defaults=_keyword_defaults(dpo_loss)),
-    "simpo": LossSpec(simpo_loss, needs_reference=False, defaults=_keyword_defaults(simpo_loss)),
-    "slime": LossSpec(slime_loss, needs_reference=False, defaults=_keyword_defaults(slime_loss)),
-    "stapo": LossSpec(stapo_loss, needs_reference=False, defaults=_keyword_defaults(stapo_loss)),
-}
-
-# Named SLIME settings; each is a complete set of slime_loss keyword arguments.
-PRESETS: dict[str, dict] = {
-    # Section 4.1 of the paper: the defaults of slime_loss.
-    "paper": dict(LOSSES["slime"].defaults),
-    # The defaults of `SlimeConfig` in the authors' public code (github.com/fpsigma/trl-slime):
-    # center_lambda_chosen=0.8, center_lambda_rejected=0.0005, rejected_penalty_shift=0.5,
-    # dist_lambda=1.0, hard_margin=1.5, soft_margin=1.0; its SlimeTrainer hard-codes kappa=2.5
-    # (`sigmoid(-2.5 * (dist - soft_margin))`) and p=2.5 (`softplus(inner) ** 2.5`).
-    "authors_code": {
-        **LOSSES["slime"].defaults,
-        "lambda_w": 0.8,
-        "lambda_l": 0.0005,
-        "delta": 0.5,
-        "kappa": 2.5,
-        "p": 2.5,
-    },
-    # The defaults of the authors' launch script, which overrides three SlimeConfig fields:
-    # --slime-lambda-chosen 0.1, --slime-lambda-rejected 0.0005, --slime-shift 1.25.
-    "authors_script": {
-        **LOSSES["slime"].defaults,
-        "lambda_w": 0.1,
-        "lambda_l": 0.0005,
-        "delta": 1.25,
-        "kappa": 2.5,
-        "p": 2.5,
-    },
-}
-
-
-def get_loss(name: str) -> LossSpec:
-    """The registered LossSpec for `name`; an unknown name raises UnknownLossError listing the known ones."""
-    try:
-        return LOSSES[name]
-    except (KeyError, TypeError):
-        raise UnknownLossError(f"unknown loss {name!r}; known losses: {', '.join(sorted(LOSSES))}") from None
-
-
-def get_preset(name: str) -> dict:
-    """A copy of the SLIME preset `name`; an unknown name raises UnknownPresetError listing the known ones."""
-    try:
-        return dict(PRESETS[name])
-    except (KeyError, TypeError):
-        raise UnknownPresetError(
-            f"unknown SLIME preset {name!r}; known presets: {', '.join(sorted(PRESETS))}"
-        ) from None
+# Dispatch through the registry (prefopt.objectives)
 
 
 def compute_loss(
@@ -490,31 +393,26 @@ def compute_loss(
     chosen_mask: torch.Tensor,
     rejected_logps: torch.Tensor,
     rejected_mask: torch.Tensor,
+    *,
     ref_chosen_logps: torch.Tensor | None = None,
     ref_rejected_logps: torch.Tensor | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Dispatch to the loss `name` with hyperparameters `kwargs` (unset ones take the loss's defaults).
+    """The registered objective `name` with hyperparameters `kwargs` (unset ones take its signature's defaults).
 
-    An unknown keyword raises UnknownLossArgumentError naming it; a reference-based loss without
-    `ref_*`, or a reference-free loss given `ref_*`, raises ValueError.
+    An unknown keyword raises UnknownHyperparameterError naming it (with a near miss); a reference-based
+    objective without `ref_*`, or a reference-free one given `ref_*`, raises ValueError.
     """
-    spec = get_loss(name)
-    unknown = sorted(set(kwargs) - set(spec.defaults))
-    if unknown:
-        raise UnknownLossArgumentError(
-            f"loss {name!r} got unknown argument{'s' if len(unknown) > 1 else ''} "
-            f"{', '.join(repr(key) for key in unknown)}; it takes: {', '.join(sorted(spec.defaults))}"
-        )
+    spec = get_objective(name)
+    kwargs = spec.check_kwargs(kwargs, f"loss {name!r}")
     references = {"ref_chosen_logps": ref_chosen_logps, "ref_rejected_logps": ref_rejected_logps}
     if spec.needs_reference:
         missing = [key for key, value in references.items() if value is None]
         if missing:
             raise ValueError(f"loss {name!r} needs the reference model's log-probs: {', '.join(missing)} missing")
-        return spec.fn(
-            chosen_logps, chosen_mask, rejected_logps, rejected_mask, ref_chosen_logps, ref_rejected_logps, **kwargs
-        )
-    given = [key for key, value in references.items() if value is not None]
-    if given:
-        raise ValueError(f"loss {name!r} is reference-free but got {', '.join(given)}")
+        kwargs.update(references)
+    else:
+        given = [key for key, value in references.items() if value is not None]
+        if given:
+            raise ValueError(f"loss {name!r} is reference-free but got {', '.join(given)}")
     return spec.fn(chosen_logps, chosen_mask, rejected_logps, rejected_mask, **kwargs)

@@ -1,10 +1,12 @@
 """The experiment plan: which training runs exist, their complete run configs and names, and the
-rows of Tables 3-5. Pure functions of a validated config whose defaults are filled in
-(`prefopt.config_schema`); tested without Snakemake. rules/common.smk turns it into `get_*` helpers.
+tables they fill (Table 3 of methods, Table 4 of SLIME's components, one Table-5-shaped table per
+hyperparameter sweep), each row with its role. Pure functions of a validated config whose defaults
+are filled in (`prefopt.config_schema`); tested without Snakemake. rules/common.smk turns it into
+`get_*` helpers; `workflow_plan` adds the checks that read the machine (model files, GPUs).
 
     plan = make_plan(config)
     plan.runs[("smollm2", "slime-1a2b3c4d5e")]   # the complete run config of one alignment job
-    plan.table4                                    # [(model, variant label, run name), ...]
+    plan.table("table4").rows                      # [Row(model, label, role, runs), ...]
 
 A run's name is its method plus a hash of its complete run config, so two spellings of the same
 settings (the p-sweep's p=2.5 and the main SLIME run) are one job, and any settings change is a new
@@ -20,15 +22,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prefopt.objectives import ObjectiveError, get_objective, objective_sources
+
 RESULTS = "results"
 EVALUATION_BENCHMARKS = ("offline", "demo_generation")  # the `evaluate` rule's, with per-example files
 STAGES = ("sft", "align")
-METHOD_LABELS = {
-    "dpo": "+ DPO",
-    "simpo": "+ SimPO",
-    "slime": "+ SLIME (ours)",
-    "stapo": "+ StaPO",
-}
+OURS = "slime"  # the paper's method: Table 3's reference row, and what Table 4's components vary
+# Row roles: the pretrained and SFT rows, the row the others are compared with, and every other row.
+ROLES = ("base", "sft", "reference", "row")
 
 
 class PlanError(ValueError):
@@ -70,6 +71,25 @@ def check_model_sources(config: dict) -> None:
             folder = Path(list(spec.submodule_search_locations)[0])
             if not source.get("assemble") and not (folder / source["gguf_file"]).exists():
                 raise PlanError(f"{key}.gguf_file", f"{source['gguf_file']} is not in {folder}")
+
+
+def check_benchmarks(config: dict) -> None:
+    if "demo_generation" in config["evaluation"]["benchmarks"] and config["data"]["source"] != "demo":
+        raise PlanError("evaluation.benchmarks", "demo_generation needs data.source: demo (it checks known answers)")
+
+
+def workflow_plan(config: dict) -> Plan:
+    """`make_plan` after the checks that read this machine (model files, GPU requests); a bad config
+    exits with its one line, as the schema's errors do (`sys.exit` keeps Snakemake's output to that line)."""
+    from prefopt import resources
+
+    try:
+        check_model_sources(config)
+        check_benchmarks(config)
+        resources.check_gpu_requests(config=config)
+        return make_plan(config)
+    except (PlanError, resources.ResourcesError) as error:
+        sys.exit(f"config error: {error}")
 
 
 # ---------------------------------------------------------------------------------------- precision
@@ -141,21 +161,15 @@ def training_settings(config: dict, stage: str, model: str) -> dict:
     return settings
 
 
-def loss_kwargs(config: dict, method: str, overrides: dict | None = None) -> dict:
-    """Every loss keyword resolved: the loss's signature defaults (prefopt.losses), a named preset,
-    the config's `methods.<method>`, then an ablation's overrides."""
-    from prefopt.losses import LOSSES, PRESETS
-
-    if method not in LOSSES:
-        raise PlanError("methods", f"unknown method '{method}' (known: {', '.join(sorted(LOSSES))})")
-    resolved = dict(LOSSES[method].defaults)
-    settings = dict(config["methods"].get(method) or {})
-    preset = settings.pop("preset", None)
-    if preset is not None:
-        resolved.update(PRESETS[preset])
-    resolved.update(settings)
-    resolved.update(overrides or {})
-    resolved.pop("preset", None)
+def loss_kwargs(config: dict, method: str, overrides: dict | None = None, where: str | None = None) -> dict:
+    """Every hyperparameter of `method` resolved: its signature's defaults (prefopt.objectives), a named
+    preset, the config's `methods.<method>`, then an ablation's or a sweep's overrides (checked, named by `where`)."""
+    try:
+        spec = get_objective(method)
+        resolved = spec.resolve(config["methods"].get(method) or {}, f"methods.{method}")
+        resolved.update(spec.check_kwargs(overrides or {}, where or f"methods.{method}"))
+    except ObjectiveError as error:
+        raise PlanError(*str(error).split(": ", 1)) from None
     return resolved
 
 
@@ -164,16 +178,18 @@ def alignment_seeds(config: dict) -> list[int]:
     return list(config["seeds"]) if config["seeds"] is not None else [config["seed"]]
 
 
-def run_config(config: dict, model: str, method: str, overrides: dict | None = None, seed: int | None = None) -> dict:
+def run_config(config: dict, model: str, method: str, overrides: dict | None = None, seed: int | None = None,
+               where: str | None = None) -> dict:
     """The complete run-config file of one training job (prefopt.run_config checks it, fills nothing).
-    `seed` replaces the config's `seed` for one alignment run of the `seeds` dimension."""
+    `seed` replaces the config's `seed` for one alignment run of the `seeds` dimension; `where` names
+    the overrides' config key in errors."""
     stage = "sft" if method == "sft" else "align"
     training = training_settings(config, stage, model)
     if seed is not None:
         training["seed"] = seed
     return {
         "method": method,
-        "loss_kwargs": {} if method == "sft" else loss_kwargs(config, method, overrides),
+        "loss_kwargs": {} if method == "sft" else loss_kwargs(config, method, overrides, where),
         "training": training,
         "lora": config["lora"],
         "data": {"on_bad_rows": config["data"]["on_bad_rows"]},
@@ -193,23 +209,51 @@ def run_name(config_of_run: dict) -> str:
 # ----------------------------------------------------------------------------------------------- plan
 
 
+@dataclass(frozen=True)
+class Row:
+    """One table row: its runs (one per alignment seed; base and SFT rows have one), its label and role,
+    and for a sweep row the hyperparameter's value."""
+
+    model: str
+    label: str
+    role: str
+    runs: list
+    value: object = None
+
+
+@dataclass
+class Table:
+    """A table of the plan: `kind` is methods (Table 3), ablations (Table 4) or sweep (one hyperparameter)."""
+
+    name: str
+    kind: str
+    rows: list = field(default_factory=list)
+    method: str | None = None
+    parameter: str | None = None
+
+
 @dataclass
 class Plan:
-    """Every alignment run (keyed by (model, run name)) and the rows of Tables 3-5. A row's runs are
-    one per alignment seed (the `seeds` dimension); base and SFT rows have one."""
+    """Every alignment run (keyed by (model, run name)) and the tables their rows fill."""
 
     runs: dict = field(default_factory=dict)
-    table3: list = field(default_factory=list)  # (model, method label, [runs])
-    table4: list = field(default_factory=list)  # (model, variant label, [runs])
-    table5: list = field(default_factory=list)  # (model, p, is default, [runs])
+    tables: list = field(default_factory=list)
+    sources: dict = field(default_factory=dict)  # method -> file of a config's own objective module
 
-    def add(self, config: dict, model: str, method: str, overrides: dict | None = None) -> list[str]:
+    def objective_source(self, model: str, run: str) -> str | None:
+        """The file of the user module an alignment run's objective comes from (None: a built-in, or no run)."""
+        return self.sources.get(self.runs[(model, run)]["method"]) if (model, run) in self.runs else None
+
+    def add(self, config: dict, model: str, method: str, overrides: dict | None = None, where: str | None = None) -> list[str]:
         names = []
         for seed in alignment_seeds(config):
-            settings = run_config(config, model, method, overrides, seed=seed)
+            settings = run_config(config, model, method, overrides, seed=seed, where=where)
             names.append(run_name(settings))
             self.runs[(model, names[-1])] = settings
         return names
+
+    def table(self, name: str) -> Table:
+        return next(table for table in self.tables if table.name == name)
 
 
 def ablation_model(config: dict) -> str | None:
@@ -219,29 +263,78 @@ def ablation_model(config: dict) -> str | None:
     return model
 
 
+def method_label(method: str) -> str:
+    """A method's row label in Table 3: the objective's label, "(ours)" for the paper's method."""
+    return f"+ {get_objective(method).label}" + (" (ours)" if method == OURS else "")
+
+
+def sweep_target(config: dict, key: str) -> tuple[str, str, str]:
+    """(method, hyperparameter, table name) of an `ablations.sweeps` key: `p` is SLIME's p (Table 5),
+    `delta` SLIME's delta (sweep_delta), `simpo.beta` SimPO's beta (sweep_simpo_beta)."""
+    method, _, parameter = key.rpartition(".")
+    method = method or OURS
+    if method not in config["methods"]:
+        raise PlanError(f"ablations.sweeps.{key}", f"sweeps {method}'s {parameter}, so 'methods' must include {method}")
+    try:
+        get_objective(method).hyperparameter(parameter, f"ablations.sweeps.{key}")
+    except ObjectiveError as error:
+        raise PlanError(*str(error).split(": ", 1)) from None
+    if (method, parameter) == (OURS, "p"):
+        return method, parameter, "table5"  # the paper's Table 5
+    return method, parameter, "sweep_" + (parameter if method == OURS else f"{method}_{parameter}")
+
+
+def value_label(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else f"{value:g}"
+
+
 def make_plan(config: dict) -> Plan:
-    """The runs and table rows of a validated config (defaults filled)."""
-    plan = Plan()
+    """The runs and tables of a validated config (defaults filled)."""
+    plan = Plan(sources={method: source for method, source in objective_sources(config["objectives"]).items()
+                         if method in config["methods"]})
+    table3 = Table("table3", "methods")
+    plan.tables.append(table3)
     for model in enabled_models(config):
-        plan.table3.append((model, "Base (Pretrain)", ["base"]))
-        plan.table3.append((model, "SFT", ["sft"]))
+        table3.rows.append(Row(model, "Base (Pretrain)", "base", ["base"]))
+        table3.rows.append(Row(model, "SFT", "sft", ["sft"]))
         for method in config["methods"]:
-            plan.table3.append((model, METHOD_LABELS[method], plan.add(config, model, method)))
+            role = "reference" if method == OURS else "row"
+            table3.rows.append(Row(model, method_label(method), role, plan.add(config, model, method)))
     model = ablation_model(config)
     if model is None:
         return plan
     ablations = config["ablations"]
-    if "slime" not in config["methods"]:
-        raise PlanError("ablations", "the ablations vary SLIME, so 'methods' must include slime")
-    plan.table4.append((model, "Full SLIME", plan.add(config, model, "slime")))
+    table4 = Table("table4", "ablations", method=OURS)
+    plan.tables.append(table4)
+    if OURS not in config["methods"]:
+        raise PlanError("ablations", f"the ablations vary SLIME, so 'methods' must include {OURS}")
+    table4.rows.append(Row(model, "Full SLIME", "reference", plan.add(config, model, OURS)))
     names = [component["name"] for component in ablations["components"]]
     if len(set(names)) != len(names):
         raise PlanError("ablations.components", f"names must be unique, got {names}")
-    for component in ablations["components"]:
-        plan.table4.append((model, component["label"], plan.add(config, model, "slime", component["overrides"])))
-    default_p = loss_kwargs(config, "slime")["p"]
-    for p in ablations["p_sweep"]:
-        plan.table5.append((model, p, p == default_p, plan.add(config, model, "slime", {"p": p})))
+    for index, component in enumerate(ablations["components"]):
+        where = f"ablations.components[{index}].overrides"
+        table4.rows.append(Row(model, component["label"], "row", plan.add(config, model, OURS, component["overrides"], where)))
+    seen = {}
+    for key, values in ablations["sweeps"].items():
+        method, parameter, name = sweep_target(config, key)
+        if name in seen:
+            raise PlanError(f"ablations.sweeps.{key}", f"sweeps the same hyperparameter as '{seen[name]}'")
+        seen[name] = key
+        spec = get_objective(method).hyperparameter(parameter)
+        checked = []
+        for index, value in enumerate(values):
+            try:
+                checked.append(spec.check(value, f"ablations.sweeps.{key}[{index}]"))
+            except ObjectiveError as error:
+                raise PlanError(*str(error).split(": ", 1)) from None
+        default = loss_kwargs(config, method)[parameter]
+        table = Table(name, "sweep", method=method, parameter=parameter)
+        plan.tables.append(table)
+        for value in sorted(set(checked) | {default}):  # every sweep holds its default value, the reference row
+            role = "reference" if value == default else "row"
+            runs = plan.add(config, model, method, {parameter: value}, f"ablations.sweeps.{key}")
+            table.rows.append(Row(model, value_label(value), role, runs, value))
     return plan
 
 
@@ -273,44 +366,64 @@ def checkpoint_dir(config: dict, model: str, run: str) -> str:
     return f"{config['checkpoint_dir']}/{model}/{run}"
 
 
-def final_outputs() -> list[str]:
-    outputs = [f"{RESULTS}/tables/{name}.{ext}" for name in ("table3", "table4", "table5") for ext in ("csv", "md", "tex")]
-    outputs.append(f"{RESULTS}/figures")
-    return outputs
+def table_files(plan: Plan) -> list[str]:
+    """Every table's .csv, .md and .tex, and the paired comparisons (the `tables` rule's outputs)."""
+    files = [f"{RESULTS}/tables/{name}.{ext}" for name in table_names(plan) for ext in ("csv", "md", "tex")]
+    return files + [f"{RESULTS}/tables/comparisons.{ext}" for ext in ("csv", "md")]
+
+
+def final_outputs(plan: Plan) -> list[str]:
+    return [*table_files(plan), f"{RESULTS}/figures"]
 
 
 # ------------------------------------------------------------------------------------------ manifests
 
 
-def table_manifest_rows(config: dict, plan: Plan, result_files) -> dict:
-    """Tables 3-5 as manifest rows; `result_files(model, run)` names each run's result files.
+def table_manifest(config: dict, plan: Plan, result_files) -> dict:
+    """Every table of the plan with its rows, for the tables and figures jobs (prefopt.tables reads it).
 
-    `run`/`results` are the first seed's; `runs`/`seed_results` list every seed's, in `seeds` order."""
+    `result_files(model, run)` names each run's result files. A row's `run`/`results` are its first
+    seed's; `runs`/`seed_results` list every seed's, in `seeds` order. A row's `role` (base, sft,
+    reference, row) says what it is compared with; a sweep row has its `value`."""
 
-    def row(model, runs, **labels):
-        return {"model": model, **labels, "run": runs[0], "results": result_files(model, runs[0]), "runs": runs,
-                "seed_results": [result_files(model, run) for run in runs]}
+    def row(entry: Row) -> dict:
+        return {"model": entry.model, "model_label": model_label(config, entry.model), "label": entry.label,
+                "role": entry.role, "value": entry.value, "run": entry.runs[0],
+                "results": result_files(entry.model, entry.runs[0]), "runs": entry.runs,
+                "seed_results": [result_files(entry.model, run) for run in entry.runs]}
 
-    return {
-        "table3": [row(model, runs, model_label=model_label(config, model), method_label=label)
-                   for model, label, runs in plan.table3],
-        "table4": [row(model, runs, variant=label) for model, label, runs in plan.table4],
-        "table5": [row(model, runs, p=p, default=default) for model, p, default, runs in plan.table5],
-    }
+    def described(table: Table) -> dict:
+        extra = {}
+        if table.method is not None:
+            extra["method_label"] = get_objective(table.method).label
+        return {"name": table.name, "kind": table.kind, "method": table.method, "parameter": table.parameter,
+                **extra, "rows": [row(entry) for entry in table.rows]}
+
+    return {"tables": [described(table) for table in plan.tables]}
+
+
+def table_names(plan: Plan) -> list[str]:
+    return [table.name for table in plan.tables]
 
 
 def training_curves(config: dict, plan: Plan) -> list[dict]:
-    return [{"model": model, "model_label": model_label(config, model), "label": label.lstrip("+ ").replace(" (ours)", ""),
-             "metrics": f"{align_dir(model, run)}/metrics.jsonl", "seed": plan.runs[(model, run)]["training"]["seed"]}
-            for model, label, runs in plan.table3 if runs[0] not in ("base", "sft") for run in runs]
+    """One training curve per alignment run of Table 3 (every seed), labelled by its objective."""
+    curves = []
+    for entry in plan.table("table3").rows:
+        for run in entry.runs if entry.role not in ("base", "sft") else []:
+            settings = plan.runs[(entry.model, run)]
+            curves.append({"model": entry.model, "model_label": model_label(config, entry.model),
+                           "label": get_objective(settings["method"]).label,
+                           "metrics": f"{align_dir(entry.model, run)}/metrics.jsonl", "seed": settings["training"]["seed"]})
+    return curves
 
 
 def manifest_inputs(manifest: dict) -> list[str]:
     """The files a manifest's consumer reads: every result file (with the per-example file beside an
     evaluation's result, which the paired CIs read) and every training run directory."""
     files = []
-    for table in ("table3", "table4", "table5"):
-        for row in manifest[table]:
+    for table in manifest["tables"]:
+        for row in table["rows"]:
             for results in row["seed_results"]:
                 for benchmark, path in results.items():
                     files.append(path)

@@ -1,10 +1,10 @@
-"""One preference trainer for every objective in `prefopt.losses` (DPO, SimPO, SLIME, StaPO).
+"""One preference trainer for every registered objective (prefopt.objectives; the built-ins in prefopt.losses).
 
 A training step is one forward over the chosen and rejected completions of a batch, each pair one
 shared-prompt sequence packed with others into rows where the model allows it (`prefopt.logprobs`,
 docs/batching.md), the loss from the registry, and Trainer's backward/optimizer machinery, so the
 same code runs under `python`, `accelerate launch --multi_gpu` (DDP) and DeepSpeed ZeRO-2. The
-reference model runs only for losses that need it (`LossSpec.needs_reference`, i.e. DPO): with LoRA
+reference model runs only for losses that need it (`Objective.needs_reference`, e.g. DPO): with LoRA
 it is the same network with the adapters disabled, otherwise a frozen copy.
 
     from prefopt.trainer import PreferenceConfig, PreferenceTrainer
@@ -26,7 +26,6 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -43,7 +42,8 @@ from prefopt.logprobs import (
     tokenize_pair,
     use_fp32_attention_on_cpu,
 )
-from prefopt.losses import compute_loss, get_loss
+from prefopt.losses import compute_loss
+from prefopt.objectives import get_objective
 from prefopt.models import upcast_trainable_parameters
 
 logger = logging.getLogger(__name__)
@@ -61,14 +61,10 @@ class PreferenceConfig(TrainingArguments):
 
     Parameters:
         loss_type (`str`, *optional*, defaults to `"slime"`):
-            Objective from `prefopt.losses.LOSSES`:
-
-            - `"slime"`: SLIME, reference-free (paper, eqs. 5-10).
-            - `"dpo"`: DPO sigmoid loss with a reference model (Rafailov et al., 2023).
-            - `"simpo"`: SimPO, reference-free (Meng et al., 2024).
-            - `"stapo"`: StaPO two-sided contrastive loss, reference-free (docs/objectives.md).
+            Objective registered in `prefopt.objectives` (the built-ins are in `prefopt.losses`; docs/objectives.md
+            lists them), e.g. `"slime"` (paper, eqs. 5-10) or `"dpo"` (needs a reference model).
         loss_kwargs (`dict`, *optional*, defaults to `{}`):
-            Hyperparameters passed to the loss; unset ones take the loss's defaults (`LossSpec.defaults`),
+            Hyperparameters passed to the loss; unset ones take the defaults of the loss's signature,
             e.g. `{"lambda_w": 0.1, "p": 2.5}` for SLIME or `{"beta": 0.1}` for DPO.
         max_length (`int`, *optional*, defaults to `512`):
             Maximum prompt + completion tokens; completions are truncated from the right.
@@ -79,8 +75,8 @@ class PreferenceConfig(TrainingArguments):
             metric). On resume, records past the resumed step are dropped, so each step appears once.
     """
 
-    loss_type: Literal["dpo", "simpo", "slime", "stapo"] = field(
-        default="slime", metadata={"help": "Objective: one of prefopt.losses.LOSSES.", "choices": ["dpo", "simpo", "slime", "stapo"]}
+    loss_type: str = field(
+        default="slime", metadata={"help": "Objective: a name registered in prefopt.objectives (built-ins in prefopt.losses)."}
     )
     loss_kwargs: dict = field(default_factory=dict, metadata={"help": "Loss hyperparameters (defaults: the loss's)."})
     max_length: int | None = field(default=512, metadata={"help": "Maximum prompt + completion tokens."})
@@ -91,11 +87,8 @@ class PreferenceConfig(TrainingArguments):
     logging_steps: float = field(default=1, metadata={"help": "Log every N optimizer steps."})
 
     def __post_init__(self):
-        spec = get_loss(self.loss_type)  # raises naming the unknown loss
-        unknown = sorted(set(self.loss_kwargs or {}) - set(spec.defaults))
-        if unknown:
-            raise ValueError(f"PreferenceConfig.loss_kwargs: {unknown} not parameters of '{self.loss_type}' "
-                             f"(known: {sorted(spec.defaults)})")
+        # Raises naming an unknown objective or hyperparameter (with a near miss) or a value out of its range.
+        get_objective(self.loss_type).check_kwargs(self.loss_kwargs or {}, "PreferenceConfig.loss_kwargs")
         if self.max_length is not None and self.max_prompt_length is not None and self.max_prompt_length >= self.max_length:
             raise ValueError(f"PreferenceConfig: max_prompt_length ({self.max_prompt_length}) must be < max_length ({self.max_length})")
         super().__post_init__()
@@ -205,7 +198,7 @@ class PreferenceTrainer(FiniteStepsMixin, Trainer):
                  ref_model=None, data_collator=None, callbacks=None, **kwargs):
         if not isinstance(args, PreferenceConfig):
             raise TypeError(f"PreferenceTrainer needs a PreferenceConfig, got {type(args).__name__}")
-        self.loss_spec = get_loss(args.loss_type)
+        self.loss_spec = get_objective(args.loss_type)
         self.loss_kwargs = dict(args.loss_kwargs or {})
         if data_collator is None:
             if processing_class is None:

@@ -1,27 +1,18 @@
-# `get_*` helpers that turn the experiment plan (prefopt/plan.py) into rule inputs and params.
-# Every hyperparameter reaches a job through `params:` or a run-config file written by
-# `write_run_config`; no script reads the global config.
+# `get_*` helpers that turn the experiment plan (prefopt/plan.py, `PLAN` from the Snakefile) into
+# rule inputs and params. Every hyperparameter reaches a job through `params:` or a run-config
+# file written by `write_run_config`; no script reads the global config.
 import json
 import os
 import re
-import sys
+
+from snakemake.io import report as in_report
 
 from prefopt import plan as planner
+from prefopt import resources as job_requests
 
 RESULTS = planner.RESULTS
-CHECKPOINTS = config["checkpoint_dir"]
 REPO = workflow.basedir
-
-try:
-    planner.check_model_sources(config)
-    PLAN = planner.make_plan(config)
-except planner.PlanError as error:
-    sys.exit(f"config error: {error}")  # one line, like the schema's errors
 BENCHMARKS = config["evaluation"]["benchmarks"]
-if "demo_generation" in BENCHMARKS and config["data"]["source"] != "demo":
-    sys.exit(
-        "config error: evaluation.benchmarks: demo_generation needs data.source: demo (it checks known answers)"
-    )
 
 
 wildcard_constraints:
@@ -65,6 +56,16 @@ def get_probe_arg(wildcards, input):
     return f"--probe-rows {input.probe_rows}" if "probe_rows" in input.keys() else ""
 
 
+def get_objective_input(wildcards):
+    """The file of the config's own objective module a run trains with: an input, so editing it reruns the run."""
+    source = PLAN.objective_source(wildcards.model, wildcards.run)
+    return {"objective": source} if source else {}
+
+
+def get_objective_arg(wildcards, input):
+    return f"--objective-source {input.objective}" if "objective" in input.keys() else ""
+
+
 def get_split_input(wildcards):
     data = config["data"]
     if data["source"] == "demo":
@@ -79,7 +80,7 @@ def get_split_input(wildcards):
     return {"raw": dataset} if os.path.exists(dataset) else {}
 
 
-def split_source_args():
+def get_split_source_args():
     data = config["data"]
     if data["source"] == "demo":
         return f"--source demo --input {RESULTS}/data/demo/raw.jsonl"
@@ -110,30 +111,30 @@ def get_evaluation_outputs():
     ]
 
 
-def adapter_arg(wildcards, input):
+def get_adapter_arg(wildcards, input):
     return f"--adapter {input.run}/adapter" if "run" in input.keys() else ""
 
 
-def result_files(model, run):
+def get_result_files(model, run):
     files = {
         benchmark: f"{RESULTS}/{model}/eval/{run}/{benchmark}.json"
         for benchmark in BENCHMARKS
     }
-    files.update(judge_score_files(model, run))
+    files.update(get_judge_score_files(model, run))
     return files
 
 
-def judge_benchmarks():
+def get_judge_benchmarks():
     judge = config.get("judge")
     if not judge:
         return []
     return judge.get("benchmarks", ["mt_bench", "arena_hard"])
 
 
-def judge_score_files(model, run):
+def get_judge_score_files(model, run):
     files = {
         bench: f"{RESULTS}/{model}/judge/{run}/{bench}/score.json"
-        for bench in judge_benchmarks()
+        for bench in get_judge_benchmarks()
     }
     if "arena_hard" in files:
         files["arena_hard_style_control"] = (
@@ -142,10 +143,10 @@ def judge_score_files(model, run):
     return files
 
 
-def not_run_reasons():
+def get_not_run_reasons():
     reasons = {}
     for bench, name in (("mt_bench", "MT-Bench"), ("arena_hard", "Arena-Hard")):
-        if bench not in judge_benchmarks():
+        if bench not in get_judge_benchmarks():
             reasons[bench] = (
                 f"{name} needs an LLM judge; none is configured (set `judge:` in the config). "
                 "No offline stand-in is reported in its place."
@@ -154,9 +155,9 @@ def not_run_reasons():
 
 
 def get_tables_manifest():
-    manifest = planner.table_manifest_rows(config, PLAN, result_files)
+    manifest = planner.table_manifest(config, PLAN, get_result_files)
     manifest["judge"] = (config.get("judge") or {}).get("model")
-    manifest["not_run"] = not_run_reasons()
+    manifest["not_run"] = get_not_run_reasons()
     return manifest
 
 
@@ -171,32 +172,44 @@ def get_manifest_inputs(manifest):
 
 
 def get_final_output():
-    return planner.final_outputs()
+    return planner.final_outputs(PLAN)
+
+
+def get_table_outputs():
+    """Every table file, in the report with its caption (docs/report/<table>.rst; sweep.rst for the sweeps)."""
+    outputs = []
+    for path in planner.table_files(PLAN):
+        name = os.path.basename(path).rsplit(".", 1)[0]
+        caption = "sweep" if name.startswith("sweep_") else name
+        outputs.append(
+            in_report(path, caption=f"../docs/report/{caption}.rst", category="Tables")
+        )
+    return outputs
 
 
 # ---------------------------------------------------------------- judge (MT-Bench, Arena-Hard)
 
 
-def judge_config_payload(benchmark):
+def get_judge_config_payload(benchmark):
     """One benchmark's judge settings (prefopt.evaluation.judge.judge_settings): the key's variable name, never the key."""
     from prefopt.evaluation.judge import judge_settings
 
     return judge_settings(config["judge"], benchmark)
 
 
-def judge_baseline():
+def get_judge_baseline():
     return (config.get("judge") or {}).get("baseline") or {}
 
 
-def questions_arg(benchmark):
+def get_questions_arg(benchmark):
     judge = config.get("judge") or {}
     questions = (judge.get(benchmark) or {}).get("questions")
     return f"--questions {questions}" if questions else ""
 
 
-def question_args(benchmark):
+def get_question_args(benchmark):
     judge = config["judge"]
-    args = [questions_arg(benchmark)]
+    args = [get_questions_arg(benchmark)]
     if judge["question_limit"]:
         args.append(f"--limit {judge['question_limit']}")
     args.append(f"--max-new-tokens {judge[benchmark]['max_new_tokens']}")
@@ -213,15 +226,14 @@ def get_judge_inputs(wildcards):
     return inputs
 
 
-def baseline_arg(wildcards, input):
+def get_baseline_arg(wildcards, input):
     return f"--baseline-answers {input.baseline}" if "baseline" in input.keys() else ""
 
 
 def get_style_control_inputs(wildcards):
     """Every table row's Arena-Hard judgments and answers: style control fits them jointly, as upstream."""
-    rows = planner.table_manifest_rows(config, PLAN, lambda model, run: {})
     runs = sorted(
-        {(row["model"], row["run"]) for table in rows.values() for row in table}
+        {(row.model, row.runs[0]) for table in PLAN.tables for row in table.rows}
     )
     return {
         "judgments": [
@@ -237,21 +249,6 @@ def get_style_control_inputs(wildcards):
 # ---------------------------------------------------------------- job resources (prefopt/resources.py)
 # What each job asks the scheduler (SLURM, or Snakemake locally) for comes from the config alone;
 # profiles/slurm adds only cluster-wide choices (partition, account, status command).
-from prefopt import resources as job_requests
-
-# Jobs run this Snakemake's own Python and tools (`python`, `accelerate` in .venv/bin) with or
-# without an activated venv: locally, and in SLURM jobs, which inherit this environment
-# (sbatch --export=ALL) and run this file again with the same interpreter.
-_PYTHON_BIN = os.path.dirname(sys.executable)
-if os.environ.get("PATH", "").split(os.pathsep)[0] != _PYTHON_BIN:
-    os.environ.update(PATH=os.pathsep.join([_PYTHON_BIN, os.environ.get("PATH", "")]))
-
-
-# A training stage's GPUs that contradict `device` stop the run with one line, as schema errors do.
-try:
-    job_requests.check_gpu_requests(config=config)
-except job_requests.ResourcesError as error:
-    sys.exit(f"config error: {error}")
 
 
 def get_job_threads(rule):
@@ -272,6 +269,12 @@ def get_job_resources(rule):
 def get_split_tokenizers(wildcards):
     """The prepared base model of every enabled model: its tokenizer checks prompt lengths at the split."""
     return [planner.base_model_dir(model) for model in planner.enabled_models(config)]
+
+
+def get_envvars():
+    """The variables jobs read from the environment: the judge's API key variable, when a judge needs one."""
+    judge = config.get("judge") or {}
+    return [judge["api_key_env"]] if judge.get("api_key_env") else []
 
 
 def get_split_length_checks():

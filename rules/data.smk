@@ -37,7 +37,7 @@ rule split_data:
     resources:
         **get_job_resources("split_data"),
     params:
-        source=split_source_args(),
+        source=get_split_source_args(),
         sft_fraction=config["data"]["sft_fraction"],
         eval_size=config["data"]["eval_size"],
         seed=config["data"]["seed"],

@@ -15,7 +15,7 @@ rule evaluate:
     resources:
         **get_job_resources("evaluate"),
     params:
-        adapter=adapter_arg,
+        adapter=get_adapter_arg,
         label="{model}/{run}",
         benchmarks=" ".join(BENCHMARKS),
         out_dir=f"{RESULTS}/{{model}}/eval/{{run}}",

@@ -13,7 +13,7 @@ rule judge_config:
         "../envs/data.yaml"
     params:
         payload=lambda wildcards: json.dumps(
-            judge_config_payload(wildcards.judged), sort_keys=True
+            get_judge_config_payload(wildcards.judged), sort_keys=True
         ),
     shell:
         "python workflow/scripts/write_json.py --json {params.payload:q} --out {output.judge_config} > {log} 2>&1"
@@ -32,8 +32,8 @@ rule prepare_baseline_model:
     resources:
         **get_job_resources("prepare_baseline_model"),
     params:
-        source=json.dumps(judge_baseline().get("source", {})),
-        chat_template=judge_baseline().get("chat_template") or "none",
+        source=json.dumps(get_judge_baseline().get("source", {})),
+        chat_template=get_judge_baseline().get("chat_template") or "none",
         precision=config["evaluation"]["precision"],
     shell:
         "python workflow/scripts/prepare_model.py --source {params.source:q} "
@@ -56,8 +56,8 @@ rule baseline_answers:
     resources:
         **get_job_resources("baseline_answers"),
     params:
-        model_id=judge_baseline().get("name", "baseline"),
-        questions=lambda wildcards: question_args("arena_hard"),
+        model_id=get_judge_baseline().get("name", "baseline"),
+        questions=lambda wildcards: get_question_args("arena_hard"),
         batch_size=config["evaluation"]["batch_size"],
         precision=config["evaluation"]["precision"],
     shell:
@@ -82,9 +82,9 @@ rule generate_answers:
     resources:
         **get_job_resources("generate_answers"),
     params:
-        adapter=adapter_arg,
+        adapter=get_adapter_arg,
         model_id="{model}-{run}",
-        questions=lambda wildcards: question_args(wildcards.judged),
+        questions=lambda wildcards: get_question_args(wildcards.judged),
         batch_size=config["evaluation"]["batch_size"],
         precision=config["evaluation"]["precision"],
     shell:
@@ -110,9 +110,9 @@ rule judge_answers:
         **get_job_resources("judge_answers"),
     params:
         model_id="{model}-{run}",
-        baseline=baseline_arg,
-        questions=lambda wildcards: questions_arg(wildcards.judged),
-        cache=f"{CHECKPOINTS}/judge_cache/{{judged}}.jsonl",
+        baseline=get_baseline_arg,
+        questions=lambda wildcards: get_questions_arg(wildcards.judged),
+        cache=f"{config['checkpoint_dir']}/judge_cache/{{judged}}.jsonl",
     shell:
         "python workflow/scripts/judge_answers.py --benchmark {wildcards.judged} "
         "--answers {input.answers} --model-id {params.model_id} {params.baseline} {params.questions} "

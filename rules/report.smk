@@ -19,26 +19,8 @@ rule tables:
         manifest=f"{RESULTS}/tables/manifest.json",
         results=get_manifest_inputs(get_tables_manifest()),
     output:
-        report(
-            multiext(f"{RESULTS}/tables/table3", ".csv", ".md", ".tex"),
-            caption="../docs/report/table3.rst",
-            category="Tables",
-        ),
-        report(
-            multiext(f"{RESULTS}/tables/table4", ".csv", ".md", ".tex"),
-            caption="../docs/report/table4.rst",
-            category="Tables",
-        ),
-        report(
-            multiext(f"{RESULTS}/tables/table5", ".csv", ".md", ".tex"),
-            caption="../docs/report/table5.rst",
-            category="Tables",
-        ),
-        report(
-            multiext(f"{RESULTS}/tables/comparisons", ".csv", ".md"),
-            caption="../docs/report/comparisons.rst",
-            category="Tables",
-        ),
+        # Table 3, Table 4, Table 5 (the p sweep), one sweep_<name> per other sweep, the comparisons.
+        get_table_outputs(),
     log:
         "logs/tables.log",
     benchmark:

@@ -68,6 +68,7 @@ rule sft:
 rule align:
     input:
         unpack(get_probe_input),
+        unpack(get_objective_input),
         model=f"{RESULTS}/{{model}}/sft",
         train=f"{RESULTS}/data/split/pref.jsonl",
         run_config=f"{RESULTS}/{{model}}/runs/{{run}}.json",
@@ -87,7 +88,8 @@ rule align:
         gpus=get_job_gpus("align"),
         checkpoints=get_checkpoint_dir,
         probes=get_probe_arg,
+        objective=get_objective_arg,
     shell:
         "{params.launch} workflow/scripts/align.py --run-config {input.run_config} "
-        "--model {input.model} --train {input.train} {params.probes} --out {output.run} "
+        "--model {input.model} --train {input.train} {params.probes} {params.objective} --out {output.run} "
         "--checkpoint-dir {params.checkpoints} --threads {threads} --require-gpus {params.gpus} > {log} 2>&1"

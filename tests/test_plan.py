@@ -13,7 +13,7 @@ def config_with(**overrides):
     base = {"methods": {"dpo": {}, "simpo": {}, "slime": {"preset": "paper"}, "stapo": {}},
             "ablations": {"model": "m", "components": [
                 {"name": "no_rejected_term", "label": "w/o rejected term", "overrides": {"lambda_l": 0.0}}],
-                "p_sweep": [1.0, 2.5]}}
+                "sweeps": {"p": [1.0, 2.5]}}}
     base.update(overrides)
     return experiment_config(**base)
 

@@ -219,7 +219,7 @@ def assert_same_numbers(local_file: Path, slurm_file: Path):
 def small_cluster_config(tiny_model_dir) -> dict:
     """The tiny DAG, trimmed to one model and one method, sized for the 2-CPU, 20000 MB test node.
     Tables 4 and 5 keep one row each, the main SLIME run (p = 2.5 is its default): no extra jobs."""
-    ablations = {"model": "tiny", "components": [], "p_sweep": [2.5]}
+    ablations = {"model": "tiny", "components": [], "sweeps": {"p": [2.5]}}
     config = tiny_config({"tiny": tiny_model_dir}, methods={"slime": {"preset": "paper"}}, ablations=ablations)
     config["evaluation"]["benchmarks"] = ["offline"]
     config["launchers"] = {stage: {"mem_mb": 3000, "runtime_min": 20} for stage in ("sft", "align")}

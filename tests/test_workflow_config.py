@@ -104,7 +104,7 @@ def test_training_and_evaluation_precision_are_separate(workdir, base_config):
 
 def test_same_settings_are_one_run(workdir, base_config):
     config = copy.deepcopy(base_config)
-    config["ablations"]["p_sweep"] = [2.5]  # the default p: the main SLIME run, not a second job
+    config["ablations"]["sweeps"] = {"p": [2.5]}  # the default p: the main SLIME run, not a second job
     counts = job_counts(dry_run(workdir, config).stdout)
     assert counts["align"] == 2 * 4 + 4
 
@@ -113,7 +113,7 @@ def test_same_settings_are_one_run(workdir, base_config):
     "edit, expected",
     [
         (lambda c: c["methods"].update(foo={}), "foo"),
-        (lambda c: c["ablations"].update(p_sweep=[0.0]), "p_sweep"),
+        (lambda c: c["ablations"].update(sweeps={"p": [0.0]}), "ablations.sweeps.p[0]"),
         (lambda c: c["methods"].update(slime={"hard_margin": -1.0}), "hard_margin"),
         (lambda c: c["methods"].update(slime={"soft_margin": -0.5}), "soft_margin"),
         (lambda c: c["models"]["tiny-a"].update(source={"path": "/nonexistent/model"}), "models.tiny-a.source.path"),

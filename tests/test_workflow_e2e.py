@@ -78,7 +78,7 @@ def test_report_builds(finished_run):
 def test_editing_one_ablation_reruns_only_that_run(finished_run):
     workdir, config = finished_run
     edited = copy.deepcopy(config)
-    edited["ablations"]["p_sweep"] = [1.5, 2.5]  # p=1.0 -> p=1.5
+    edited["ablations"]["sweeps"] = {"p": [1.5, 2.5]}  # p=1.0 -> p=1.5
     path = write_config(workdir / "edited.yaml", edited)
     counts = job_counts(snakemake(workdir, "-n", "--cores", "2", "--configfile", str(path)).stdout)
     assert counts == {

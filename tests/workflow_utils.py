@@ -94,7 +94,7 @@ def tiny_config(model_dirs: dict[str, str], **overrides) -> dict:
                 {"name": "no_soft_margin", "label": "w/o soft distance margin", "overrides": {"use_soft_margin": False}},
                 {"name": "no_hard_margin", "label": "w/o hard margin", "overrides": {"use_hard_margin": False}},
             ],
-            "p_sweep": [1.0, 2.5],
+            "sweeps": {"p": [1.0, 2.5]},
         },
         "evaluation": {"benchmarks": ["offline", "demo_generation"], "batch_size": 8, "max_new_tokens": 8},
         "judge": None,
