@@ -219,12 +219,12 @@ def objective(name: str, *, label: str, citation: str, presets: Mapping[str, Map
         references = [p.name for p in keyword_only if p.name in REFERENCE_ARGUMENTS]
         if references and len(references) != len(REFERENCE_ARGUMENTS):
             raise ObjectiveError(f"{where}: takes {references[0]} but not both of {', '.join(REFERENCE_ARGUMENTS)}")
-        hyperparameters = tuple(_hyperparameter(p, fn.__globals__, f"{where}: {p.name}")
-                                for p in keyword_only if p.name not in REFERENCE_ARGUMENTS)
         undefaulted = [p.name for p in keyword_only
                        if p.name not in REFERENCE_ARGUMENTS and p.default is inspect.Parameter.empty]
         if undefaulted:
             raise ObjectiveError(f"{where}: hyperparameter {undefaulted[0]!r} needs a default")
+        hyperparameters = tuple(_hyperparameter(p, fn.__globals__, f"{where}: {p.name}")
+                                for p in keyword_only if p.name not in REFERENCE_ARGUMENTS)
         by_name = {hp.name: hp for hp in hyperparameters}
 
         @functools.wraps(fn)

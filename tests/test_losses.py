@@ -11,13 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from prefopt.losses import (
-    LOSSES,
-    PRESETS,
-    LossSpec,
     compute_loss,
     dpo_loss,
-    get_loss,
-    get_preset,
     sequence_mean_logps,
     sequence_sum_logps,
     simpo_loss,
@@ -25,6 +20,11 @@ from prefopt.losses import (
     stapo_loss,
 )
 
+from prefopt.objectives import REGISTRY, Objective, get_objective
+
+# The built-in objectives (a test elsewhere may register its own): every parametrized test covers each.
+LOSSES = {name: spec for name, spec in REGISTRY.items() if spec.module == "prefopt.losses"}
+PRESETS = get_objective("slime").presets
 PAD = 123.0  # a padded position's value; never read
 TRL_METRICS = [
     "rewards/chosen",
@@ -315,7 +315,8 @@ def test_rejected_penalty_gradient_is_finite_when_softplus_underflows(p):
 
 def _call(name, chosen, chosen_mask, rejected, rejected_mask, ref_chosen=None, ref_rejected=None):
     if LOSSES[name].needs_reference:
-        return compute_loss(name, chosen, chosen_mask, rejected, rejected_mask, ref_chosen, ref_rejected)
+        return compute_loss(name, chosen, chosen_mask, rejected, rejected_mask, ref_chosen_logps=ref_chosen,
+                            ref_rejected_logps=ref_rejected)
     return compute_loss(name, chosen, chosen_mask, rejected, rejected_mask)
 
 
@@ -436,7 +437,7 @@ def test_dpo_by_hand():
     chosen, chosen_mask, rejected, rejected_mask = tensors()
     ref_chosen = chosen * 0.9 - 0.05
     ref_rejected = rejected * 1.1 + 0.02
-    loss, metrics = dpo_loss(chosen, chosen_mask, rejected, rejected_mask, ref_chosen, ref_rejected, beta=beta)
+    loss, metrics = dpo_loss(chosen, chosen_mask, rejected, rejected_mask, ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected, beta=beta)
     chosen_sums = [sum(r) for r in _valid(CHOSEN, CHOSEN_MASK)]
     rejected_sums = [sum(r) for r in _valid(REJECTED, REJECTED_MASK)]
     ref_chosen_sums = [sum(v * 0.9 - 0.05 for v in r) for r in _valid(CHOSEN, CHOSEN_MASK)]
@@ -455,7 +456,7 @@ def test_dpo_treats_reference_as_constant():
     chosen, chosen_mask, rejected, rejected_mask = tensors(requires_grad=True)
     ref_chosen = (chosen.detach() - 0.1).requires_grad_()
     ref_rejected = (rejected.detach() + 0.1).requires_grad_()
-    loss, _ = dpo_loss(chosen, chosen_mask, rejected, rejected_mask, ref_chosen, ref_rejected)
+    loss, _ = dpo_loss(chosen, chosen_mask, rejected, rejected_mask, ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected)
     loss.backward()
     assert ref_chosen.grad is None and ref_rejected.grad is None
     assert chosen.grad.abs().sum() > 0
@@ -464,7 +465,7 @@ def test_dpo_treats_reference_as_constant():
 def test_dpo_reference_shape_must_match():
     chosen, chosen_mask, rejected, rejected_mask = tensors()
     with pytest.raises(ValueError, match="ref_rejected_logps"):
-        dpo_loss(chosen, chosen_mask, rejected, rejected_mask, chosen, rejected[:, :3])
+        dpo_loss(chosen, chosen_mask, rejected, rejected_mask, ref_chosen_logps=chosen, ref_rejected_logps=rejected[:, :3])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -622,14 +623,18 @@ def test_metrics_are_detached_scalars_with_trl_names(name):
 # Registry, presets, compute_loss
 
 
-def test_only_dpo_needs_a_reference():
-    assert {name for name, spec in LOSSES.items() if spec.needs_reference} == {"dpo"}
-    assert set(LOSSES) == {"dpo", "simpo", "slime", "stapo"}
+def test_needs_reference_comes_from_the_signature():
+    import inspect
+
+    for name, spec in LOSSES.items():
+        assert spec.needs_reference == ("ref_chosen_logps" in inspect.signature(spec.fn).parameters), name
+    assert {"dpo", "simpo", "slime", "stapo"} <= set(LOSSES)
+    assert not get_objective("slime").needs_reference and get_objective("dpo").needs_reference
 
 
-def test_loss_spec_is_frozen_and_defaults_match_signatures():
-    spec = get_loss("slime")
-    assert isinstance(spec, LossSpec)
+def test_objective_is_frozen_and_defaults_match_signatures():
+    spec = get_objective("slime")
+    assert isinstance(spec, Objective)
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.needs_reference = True
     assert spec.defaults == {
@@ -644,16 +649,16 @@ def test_loss_spec_is_frozen_and_defaults_match_signatures():
         "use_hard_margin": True,
         "use_soft_margin": True,
     }
-    assert get_loss("dpo").defaults == {"beta": 0.1}
-    assert get_loss("simpo").defaults == {"beta": 2.0, "gamma": 0.2}
-    assert set(get_loss("stapo").defaults) == {"beta", "left_margin", "right_margin"}
+    assert get_objective("dpo").defaults == {"beta": 0.1}
+    assert get_objective("simpo").defaults == {"beta": 2.0, "gamma": 0.2}
+    assert set(get_objective("stapo").defaults) == {"beta", "left_margin", "right_margin"}
 
 
 def test_unknown_loss_name_is_named_with_the_known_ones():
     with pytest.raises(KeyError) as error:
-        get_loss("slimee")
+        get_objective("slimee")
     message = str(error.value)
-    assert "slimee" in message and all(name in message for name in LOSSES)
+    assert message == "unknown objective 'slimee'; did you mean 'slime'?"
     with pytest.raises(ValueError, match="slimee"):
         compute_loss("slimee", *tensors())
 
@@ -671,7 +676,8 @@ def test_reference_arguments_are_checked():
     with pytest.raises(ValueError, match="ref_chosen_logps"):
         compute_loss("dpo", chosen, chosen_mask, rejected, rejected_mask, ref_rejected_logps=rejected)
     with pytest.raises(ValueError, match="reference-free"):
-        compute_loss("slime", chosen, chosen_mask, rejected, rejected_mask, chosen, rejected)
+        compute_loss("slime", chosen, chosen_mask, rejected, rejected_mask, ref_chosen_logps=chosen,
+                     ref_rejected_logps=rejected)
 
 
 def test_compute_loss_dispatches_with_defaults_and_overrides():
@@ -679,13 +685,15 @@ def test_compute_loss_dispatches_with_defaults_and_overrides():
     direct, _ = slime_loss(chosen, chosen_mask, rejected, rejected_mask, p=1.5)
     via_registry, _ = compute_loss("slime", chosen, chosen_mask, rejected, rejected_mask, p=1.5)
     assert torch.equal(direct, via_registry)
-    direct, _ = dpo_loss(chosen, chosen_mask, rejected, rejected_mask, chosen - 0.1, rejected)
-    via_registry, _ = compute_loss("dpo", chosen, chosen_mask, rejected, rejected_mask, chosen - 0.1, rejected)
+    direct, _ = dpo_loss(chosen, chosen_mask, rejected, rejected_mask, ref_chosen_logps=chosen - 0.1,
+                         ref_rejected_logps=rejected)
+    via_registry, _ = compute_loss("dpo", chosen, chosen_mask, rejected, rejected_mask, ref_chosen_logps=chosen - 0.1,
+                                   ref_rejected_logps=rejected)
     assert torch.equal(direct, via_registry)
 
 
 def test_presets():
-    assert PRESETS["paper"] == get_loss("slime").defaults
+    assert PRESETS["paper"] == get_objective("slime").defaults
     authors = PRESETS["authors_code"]
     # SlimeConfig's defaults in github.com/fpsigma/trl-slime, kappa and p as hard-coded in SlimeTrainer.
     assert authors["lambda_l"] == 0.0005 and authors["delta"] == 0.5
@@ -694,13 +702,15 @@ def test_presets():
         key: value for key, value in PRESETS["paper"].items() if key not in {"lambda_w", "lambda_l", "delta"}
     }
     for name in PRESETS:
-        preset = get_preset(name)
-        assert set(preset) == set(get_loss("slime").defaults)
+        preset = get_objective("slime").resolve({"preset": name})
+        assert set(preset) == set(get_objective("slime").defaults)
         compute_loss("slime", *tensors(), **preset)
         preset["p"] = 99.0  # a copy: the registry is untouched
         assert PRESETS[name]["p"] == 2.5
-    with pytest.raises(KeyError, match="authors_code"):
-        get_preset("authors-code")
+        with pytest.raises(TypeError):
+            PRESETS[name]["p"] = 1.0  # read-only
+    with pytest.raises(ValueError, match="did you mean 'authors_code'"):
+        get_objective("slime").resolve({"preset": "authors-code"})
 
 
 def test_dpo_also_logs_length_normalised_logps():
@@ -710,7 +720,8 @@ def test_dpo_also_logs_length_normalised_logps():
     rejected = torch.tensor([[-2.0, -2.0, -4.0]])
     chosen_mask = torch.tensor([[1.0, 1.0, 0.0]])
     rejected_mask = torch.ones(1, 3)
-    _, metrics = dpo_loss(chosen, chosen_mask, rejected, rejected_mask, chosen, rejected)
+    _, metrics = dpo_loss(chosen, chosen_mask, rejected, rejected_mask, ref_chosen_logps=chosen,
+                          ref_rejected_logps=rejected)
     assert metrics["logps/chosen"].item() == pytest.approx(-4.0)  # summed, as TRL logs it
     assert metrics["logps/chosen_mean"].item() == pytest.approx(-2.0)
     assert metrics["logps/rejected_mean"].item() == pytest.approx(-8.0 / 3)

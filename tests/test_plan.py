@@ -31,9 +31,11 @@ def test_every_planned_run_config_is_complete():
 
 def test_same_settings_are_one_run_and_any_change_is_a_new_name():
     made = plan.make_plan(config_with())
-    main_slime = made.table3[4][2]
-    assert made.table4[0][2] == main_slime  # "Full SLIME"
-    assert made.table5[1][3] == main_slime and made.table5[1][2] and made.table5[0][3] != main_slime  # p=2.5 is the main run
+    main_slime = made.table("table3").rows[4].runs
+    assert made.table("table4").rows[0].runs == main_slime  # "Full SLIME"
+    table5 = made.table("table5").rows
+    assert [(row.value, row.role) for row in table5] == [(1.0, "row"), (2.5, "reference")]
+    assert table5[1].runs == main_slime and table5[0].runs != main_slime  # p=2.5 is the main run
     assert len(made.runs) == 4 + 1 + 1  # dpo simpo slime stapo, w/o rejected term, p=1.0
     changed = plan.make_plan(config_with(align={"learning_rate": 1e-6}))
     assert set(changed.runs).isdisjoint(made.runs)
@@ -42,14 +44,15 @@ def test_same_settings_are_one_run_and_any_change_is_a_new_name():
 def test_seeds_multiply_alignment_runs_and_change_their_names():
     made = plan.make_plan(config_with(seeds=[0, 1, 2]))
     assert len(made.runs) == 3 * 6
-    label, runs = made.table3[4][1], made.table3[4][2]
+    table3 = made.table("table3").rows
+    label, runs = table3[4].label, table3[4].runs
     assert label == "+ SLIME (ours)" and len(runs) == 3 == len(set(runs))
     assert [made.runs[("m", run)]["training"]["seed"] for run in runs] == [0, 1, 2]
-    assert made.table3[0][2] == ["base"] and made.table3[1][2] == ["sft"]
+    assert table3[0].runs == ["base"] and table3[1].runs == ["sft"]
     single = plan.make_plan(config_with())
-    assert single.table3[4][2] == [runs[0]]  # seeds: null means [seed] = [0]: the same run
-    manifest = plan.table_manifest_rows(config_with(seeds=[0, 1, 2]), made, lambda m, r: {"offline": f"{m}/{r}.json"})
-    row = manifest["table3"][4]
+    assert single.table("table3").rows[4].runs == [runs[0]]  # seeds: null means [seed] = [0]: the same run
+    manifest = plan.table_manifest(config_with(seeds=[0, 1, 2]), made, lambda m, r: {"offline": f"{m}/{r}.json"})
+    row = manifest["tables"][0]["rows"][4]
     assert row["runs"] == runs and row["run"] == runs[0] and len(row["seed_results"]) == 3
     assert f"m/{runs[2]}.json" in plan.manifest_inputs(manifest)
     assert f"m/{runs[2]}.examples.jsonl" in plan.manifest_inputs(manifest)
@@ -60,11 +63,50 @@ def test_seeds_multiply_alignment_runs_and_change_their_names():
     ({"methods": {"dpo": {}}, "ablations": {"model": "m"}},
      "ablations: the ablations vary SLIME, so 'methods' must include slime"),
     ({"align": {"max_length": 64, "max_prompt_length": 64}}, "align.max_prompt_length: 64 must be smaller than max_length (64)"),
+    ({"ablations": {"model": "m", "sweeps": {"pp": [1.0]}}},
+     "ablations.sweeps.pp: 'slime' has no hyperparameter 'pp'; did you mean 'p'?"),
+    ({"ablations": {"model": "m", "sweeps": {"delta": [0.5], "kappa": [1.0, -2.0]}}},
+     "ablations.sweeps.kappa[1]: must be > 0, got -2.0"),
+    ({"ablations": {"model": "m", "sweeps": {"use_hard_margin": [0.5]}}},
+     "ablations.sweeps.use_hard_margin[0]: must be true or false, got 0.5"),
+    ({"methods": {"slime": {}}, "ablations": {"model": "m", "sweeps": {"dpo.beta": [0.5]}}},
+     "ablations.sweeps.dpo.beta: sweeps dpo's beta, so 'methods' must include dpo"),
+    ({"ablations": {"model": "m", "sweeps": {"p": [1.0], "slime.p": [2.0]}}},
+     "ablations.sweeps.slime.p: sweeps the same hyperparameter as 'p'"),
+    ({"methods": {"slime": {"preset": "authors_code"}, "dpo": {"beta": 0.1}}, "ablations": {"model": "m", "sweeps": {"delta": [0.5]}}},
+     None),
 ])
 def test_plan_errors_name_the_key(overrides, message):
+    if message is None:  # a valid config: the preset's delta (0.5) is the sweep's default value
+        rows = plan.make_plan(config_with(**overrides)).table("sweep_delta").rows
+        assert [(row.value, row.role) for row in rows] == [(0.5, "reference")]
+        return
     with pytest.raises(plan.PlanError) as error:
         plan.make_plan(config_with(**overrides))
     assert str(error.value) == message
+
+
+def test_two_sweeps_share_the_default_run_and_each_is_a_table():
+    config = config_with(methods={"slime": {}, "simpo": {}},
+                         ablations={"model": "m", "sweeps": {"p": [1.0], "delta": [0.5, 2.0], "simpo.beta": [1.0]}})
+    made = plan.make_plan(config)
+    assert plan.table_names(made) == ["table3", "table4", "table5", "sweep_delta", "sweep_simpo_beta"]
+    main = made.table("table3").rows[2].runs
+    delta = made.table("sweep_delta")
+    assert (delta.kind, delta.method, delta.parameter) == ("sweep", "slime", "delta")
+    assert [(row.value, row.role, row.label) for row in delta.rows] == [
+        (0.5, "row", "0.5"), (1.25, "reference", "1.25"), (2.0, "row", "2")]
+    assert delta.rows[1].runs == main == made.table("table5").rows[1].runs  # the default p and delta: one run
+    beta = made.table("sweep_simpo_beta").rows
+    assert [(row.value, row.role) for row in beta] == [(1.0, "row"), (2.0, "reference")]
+    assert beta[1].runs == made.table("table3").rows[3].runs  # SimPO's own Table 3 run
+    assert made.runs[("m", beta[0].runs[0])]["loss_kwargs"] == {"beta": 1.0, "gamma": 0.2}
+    assert len(made.runs) == 2 + 1 + 2 + 1  # slime simpo, p=1, delta=0.5 and 2, simpo beta=1
+    files = plan.table_files(made)
+    assert "results/tables/sweep_delta.tex" in files and "results/tables/comparisons.md" in files
+    manifest = plan.table_manifest(config, made, lambda m, r: {})
+    assert [table["name"] for table in manifest["tables"]] == plan.table_names(made)
+    assert manifest["tables"][3]["method_label"] == "SLIME" and manifest["tables"][3]["rows"][0]["value"] == 0.5
 
 
 def test_launch_commands():
