@@ -1,4 +1,5 @@
-"""Preference objectives on per-token log-probs: SLIME, DPO, SimPO and StaPO.
+"""Preference objectives on per-token log-probs: SLIME, DPO, SimPO, StaPO, and the anchoring
+baselines RPO, CPO, ORPO and IPO.
 
 Each objective is one function registered with `@objective` (prefopt.objectives): its name, label,
 citation, and keyword-only hyperparameters whose types, ranges and defaults are in the signature.
@@ -36,7 +37,12 @@ __all__ = [
     "SLIME_PRESETS",
     "UnknownHyperparameterError",
     "compute_loss",
+    "cpo_loss",
     "dpo_loss",
+    "ipo_loss",
+    "orpo_loss",
+    "pooled_token_mean_logps",
+    "rpo_loss",
     "sequence_mean_logps",
     "sequence_sum_logps",
     "simpo_loss",
@@ -129,6 +135,58 @@ def _check_batches(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor) -> 
         raise ValueError(
             f"chosen and rejected batches differ: {chosen_logps.shape[0]} vs {rejected_logps.shape[0]} pairs"
         )
+
+
+def pooled_token_mean_logps(
+    token_logps: torch.Tensor, mask: torch.Tensor, *, name: str = "token_logps"
+) -> torch.Tensor:
+    """Mean log-prob over *all* valid completion tokens of the batch, pooled: a scalar.
+
+    Its negative is the token-level NLL that TRL's NLL/SFT terms use (`nn.CrossEntropyLoss()` over
+    the non-ignored labels, `-per_token_logps[mask].mean()`): a long answer weighs more than a short
+    one. A row without any valid token raises ValueError naming the row: it is a data bug.
+    """
+    bool_mask = _check_pair(token_logps, mask, name)
+    _token_counts(bool_mask, name)
+    safe = _masked(token_logps, bool_mask)
+    return safe.sum() / bool_mask.sum().to(safe.dtype)
+
+
+def _check_references(
+    objective: str,
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+) -> None:
+    for ref, policy, name in (
+        (ref_chosen_logps, chosen_logps, "ref_chosen_logps"),
+        (ref_rejected_logps, rejected_logps, "ref_rejected_logps"),
+    ):
+        if not isinstance(ref, torch.Tensor):
+            raise TypeError(f"{objective} needs {name} (the reference model's per-token log-probs), got {ref!r}")
+        if isinstance(policy, torch.Tensor) and ref.shape != policy.shape:
+            raise ValueError(f"{name} has shape {tuple(ref.shape)}, expected {tuple(policy.shape)}")
+
+
+def _summed_logratios(
+    objective: str,
+    chosen_logps: torch.Tensor,
+    chosen_mask: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    rejected_mask: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log pi(y_w), log pi(y_l), chosen log-ratio, rejected log-ratio), each `[batch]`, sums over the
+    completion tokens; the reference log-probs are detached (a constant)."""
+    _check_references(objective, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    chosen_sum = sequence_sum_logps(chosen_logps, chosen_mask, name="chosen_logps")
+    rejected_sum = sequence_sum_logps(rejected_logps, rejected_mask, name="rejected_logps")
+    _check_batches(chosen_logps, rejected_logps)
+    ref_chosen_sum = sequence_sum_logps(ref_chosen_logps.detach(), chosen_mask, name="ref_chosen_logps")
+    ref_rejected_sum = sequence_sum_logps(ref_rejected_logps.detach(), rejected_mask, name="ref_rejected_logps")
+    return chosen_sum, rejected_sum, chosen_sum - ref_chosen_sum, rejected_sum - ref_rejected_sum
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,23 +338,9 @@ def dpo_loss(
     TRL's DPOTrainer with `loss_type="sigmoid"`, metrics included (`logps/*` are summed log-probs,
     as TRL logs them).
     """
-    for ref, policy, name in (
-        (ref_chosen_logps, chosen_logps, "ref_chosen_logps"),
-        (ref_rejected_logps, rejected_logps, "ref_rejected_logps"),
-    ):
-        if not isinstance(ref, torch.Tensor):
-            raise TypeError(f"dpo needs {name} (the reference model's per-token log-probs), got {ref!r}")
-        if isinstance(policy, torch.Tensor) and ref.shape != policy.shape:
-            raise ValueError(f"{name} has shape {tuple(ref.shape)}, expected {tuple(policy.shape)}")
-
-    chosen_sum = sequence_sum_logps(chosen_logps, chosen_mask, name="chosen_logps")
-    rejected_sum = sequence_sum_logps(rejected_logps, rejected_mask, name="rejected_logps")
-    _check_batches(chosen_logps, rejected_logps)
-    ref_chosen_sum = sequence_sum_logps(ref_chosen_logps.detach(), chosen_mask, name="ref_chosen_logps")
-    ref_rejected_sum = sequence_sum_logps(ref_rejected_logps.detach(), rejected_mask, name="ref_rejected_logps")
-
-    chosen_logratios = chosen_sum - ref_chosen_sum
-    rejected_logratios = rejected_sum - ref_rejected_sum
+    chosen_sum, rejected_sum, chosen_logratios, rejected_logratios = _summed_logratios(
+        "dpo", chosen_logps, chosen_mask, rejected_logps, rejected_mask, ref_chosen_logps, ref_rejected_logps
+    )
     loss = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios)).mean()
     # TRL's logps/* are summed for DPO.
     metrics = _preference_metrics(
@@ -380,6 +424,213 @@ def stapo_loss(
             "stapo/frac_above_right_margin": (z > right_margin).to(z.dtype).mean(),
         }
     )
+    return loss, metrics
+
+
+# --------------------------------------------------------------------------------------------
+# Anchoring baselines: RPO, CPO and ORPO add an NLL term on the chosen answer to a preference
+# loss; IPO anchors to the reference model with a squared (not logistic) loss. Each reproduces
+# one TRL 1.16 configuration, formula, normalisation and logged metrics included
+# (tests/test_losses_vs_trl.py checks loss, gradient and metrics against the TRL trainers).
+
+# ORPO's log-odds need log(1 - e^l̄), which is -inf at l̄ = 0 (every token certain): TRL's loss is
+# then inf and its gradient NaN. We cap l̄ at -1e-6 first (a geometric-mean token probability of
+# 1 - 1e-6); below the cap, i.e. in any realistic case, the value is TRL's.
+_ORPO_MEAN_LOGP_CEILING = -1e-6
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - e^x) for x < 0, stable on both sides of -log 2 (as TRL's ORPO computes it)."""
+    return torch.where(x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+def _summed_metrics(
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    chosen_sum: torch.Tensor,
+    rejected_sum: torch.Tensor,
+    chosen_logps: torch.Tensor,
+    chosen_mask: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    rejected_mask: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """The shared metrics where TRL logs summed `logps/*`, plus the length-normalised `logps/*_mean`."""
+    return _preference_metrics(
+        chosen_rewards, rejected_rewards, chosen_sum, rejected_sum,
+        chosen_mean=sequence_mean_logps(chosen_logps.detach(), chosen_mask, name="chosen_logps"),
+        rejected_mean=sequence_mean_logps(rejected_logps.detach(), rejected_mask, name="rejected_logps"),
+    )
+
+
+@objective("rpo", label="RPO", citation="Pang et al., 2024")
+def rpo_loss(
+    chosen_logps: torch.Tensor,
+    chosen_mask: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    rejected_mask: torch.Tensor,
+    *,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: Annotated[float, Range(gt=0)] = 0.1,
+    rpo_alpha: Annotated[float, Range(ge=0)] = 1.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """RPO (Pang et al., 2024, "Iterative Reasoning Preference Optimization"): DPO plus an NLL
+    term on the chosen answer,
+
+        L = mean_batch[-log sigmoid(beta [(log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))])]
+            + rpo_alpha * (-(1/N_w) sum over all valid chosen tokens of the batch of l_t)
+
+    with summed sequence log-probs in the DPO term (as `dpo_loss`) and N_w the number of chosen
+    completion tokens in the batch: the NLL is pooled over the batch's chosen tokens, as TRL
+    computes it (`-chosen_per_token_logps[chosen_mask].mean()`). The paper instead normalises each
+    sequence's NLL by its own length before averaging over pairs. Reproduces TRL 1.16's
+    `DPOConfig(loss_type=["sigmoid", "sft"], loss_weights=[1.0, rpo_alpha], beta=beta)`; older TRL
+    spelled the weight `DPOConfig.rpo_alpha`. Defaults: the paper's beta = 0.1 and alpha = 1.
+    Rewards and `logps/*` are TRL's DPO ones (beta times summed log-ratios; summed log-probs).
+    """
+    chosen_sum, rejected_sum, chosen_logratios, rejected_logratios = _summed_logratios(
+        "rpo", chosen_logps, chosen_mask, rejected_logps, rejected_mask, ref_chosen_logps, ref_rejected_logps
+    )
+    dpo_term = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios)).mean()
+    nll = -pooled_token_mean_logps(chosen_logps, chosen_mask, name="chosen_logps")
+    nll_term = rpo_alpha * nll
+    loss = dpo_term + nll_term
+
+    metrics = _summed_metrics(beta * chosen_logratios, beta * rejected_logratios, chosen_sum, rejected_sum,
+                              chosen_logps, chosen_mask, rejected_logps, rejected_mask)
+    metrics.update({"rpo/dpo_term": dpo_term.detach(), "rpo/nll_term": nll_term.detach(), "rpo/nll_loss": nll.detach()})
+    return loss, metrics
+
+
+@objective("cpo", label="CPO", citation="Xu et al., 2024")
+def cpo_loss(
+    chosen_logps: torch.Tensor,
+    chosen_mask: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    rejected_mask: torch.Tensor,
+    *,
+    beta: Annotated[float, Range(gt=0)] = 0.1,
+    cpo_alpha: Annotated[float, Range(ge=0)] = 1.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """CPO (Xu et al., 2024, "Contrastive Preference Optimization", eq. 3 plus its NLL term):
+
+        L = mean_batch[-log sigmoid(beta (log pi(y_w) - log pi(y_l)))]
+            + cpo_alpha * (-(1/N_w) sum over all valid chosen tokens of the batch of l_t)
+
+    reference-free, with summed sequence log-probs in the preference term and the behaviour-cloning
+    NLL pooled over the batch's N_w chosen completion tokens (TRL's `nn.CrossEntropyLoss()` on the
+    chosen labels). Reproduces TRL 1.16's `trl.experimental.cpo.CPOConfig(loss_type="sigmoid",
+    beta=beta, cpo_alpha=cpo_alpha)` (label_smoothing=0, alpha=0, its defaults). Defaults: beta = 0.1
+    and cpo_alpha = 1.0 (TRL's defaults; the paper's L_prefer + L_NLL has weight 1). Rewards are
+    beta * log pi(y) and `logps/*` summed log-probs, as TRL's CPOTrainer logs them; `cpo/nll_loss`
+    is TRL's `nll_loss`.
+    """
+    chosen_sum = sequence_sum_logps(chosen_logps, chosen_mask, name="chosen_logps")
+    rejected_sum = sequence_sum_logps(rejected_logps, rejected_mask, name="rejected_logps")
+    _check_batches(chosen_logps, rejected_logps)
+    preference_term = -F.logsigmoid(beta * (chosen_sum - rejected_sum)).mean()
+    nll = -pooled_token_mean_logps(chosen_logps, chosen_mask, name="chosen_logps")
+    nll_term = cpo_alpha * nll
+    loss = preference_term + nll_term
+
+    metrics = _summed_metrics(beta * chosen_sum, beta * rejected_sum, chosen_sum, rejected_sum,
+                              chosen_logps, chosen_mask, rejected_logps, rejected_mask)
+    metrics.update(
+        {
+            "cpo/preference_term": preference_term.detach(),
+            "cpo/nll_term": nll_term.detach(),
+            "cpo/nll_loss": nll.detach(),
+        }
+    )
+    return loss, metrics
+
+
+@objective("orpo", label="ORPO", citation="Hong et al., 2024")
+def orpo_loss(
+    chosen_logps: torch.Tensor,
+    chosen_mask: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    rejected_mask: torch.Tensor,
+    *,
+    beta: Annotated[float, Range(gt=0)] = 0.1,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """ORPO (Hong et al., 2024, "ORPO: Monolithic Preference Optimization without Reference Model",
+    eqs. 4, 6 and 7), reference-free:
+
+        L = -(1/N_w) sum over all valid chosen tokens of the batch of l_t
+            + beta * mean_batch[-log sigmoid(log odds(y_w) - log odds(y_l))],
+        log odds(y) = l̄(y) - log(1 - exp(l̄(y)))
+
+    with l̄ the mean log-prob over a sequence's completion tokens (the odds of the geometric-mean
+    token probability) and `beta` the paper's lambda (TRL's name). This is TRL 1.16's
+    `trl.experimental.orpo.ORPOConfig(beta=beta)`, with one difference: TRL's NLL counts the chosen
+    **prompt and completion** tokens ("orpo chosen nll loss is computed over the full prompt and
+    response"), ours the chosen completion tokens only (pooled over the batch, as TRL pools), which
+    is the ORPO authors' code with `--disable_prompt_loss`; an objective here sees completion
+    tokens only. The odds-ratio term is TRL's exactly; l̄ is capped at -1e-6 before log(1 - e^l̄)
+    (finite where TRL's is inf/NaN). Default: TRL's beta = 0.1. Rewards are beta * l̄ and `logps/*`
+    the mean log-probs l̄, as TRL's ORPOTrainer logs them; `orpo/log_odds_ratio` (mean log sigmoid of
+    the log-odds) and `orpo/log_odds` (their mean; TRL calls it `log_odds_chosen`) are TRL's too.
+    """
+    chosen_mean = sequence_mean_logps(chosen_logps, chosen_mask, name="chosen_logps")
+    rejected_mean = sequence_mean_logps(rejected_logps, rejected_mask, name="rejected_logps")
+    _check_batches(chosen_logps, rejected_logps)
+    capped_chosen = chosen_mean.clamp(max=_ORPO_MEAN_LOGP_CEILING)
+    capped_rejected = rejected_mean.clamp(max=_ORPO_MEAN_LOGP_CEILING)
+    log_odds = (capped_chosen - capped_rejected) - (_log1mexp(capped_chosen) - _log1mexp(capped_rejected))
+    log_odds_ratio = F.logsigmoid(log_odds)
+    odds_ratio_term = -beta * log_odds_ratio.mean()
+    nll = -pooled_token_mean_logps(chosen_logps, chosen_mask, name="chosen_logps")
+    loss = nll + odds_ratio_term
+
+    metrics = _preference_metrics(beta * chosen_mean, beta * rejected_mean, chosen_mean, rejected_mean)
+    metrics.update(
+        {
+            "orpo/nll_term": nll.detach(),
+            "orpo/odds_ratio_term": odds_ratio_term.detach(),
+            "orpo/log_odds_ratio": log_odds_ratio.detach().mean(),
+            "orpo/log_odds": log_odds.detach().mean(),
+        }
+    )
+    return loss, metrics
+
+
+@objective("ipo", label="IPO", citation="Azar et al., 2023")
+def ipo_loss(
+    chosen_logps: torch.Tensor,
+    chosen_mask: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    rejected_mask: torch.Tensor,
+    *,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: Annotated[float, Range(gt=0)] = 0.1,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """IPO (Azar et al., 2023, "A General Theoretical Paradigm to Understand Learning from Human
+    Preferences", eq. 17) with TRL's length normalisation:
+
+        h = (log pi(y_w) - log pi_ref(y_w)) / |y_w| - (log pi(y_l) - log pi_ref(y_l)) / |y_l|
+        L = mean_batch[(h - 1 / (2 beta))^2]
+
+    i.e. the log-ratios averaged over each sequence's completion tokens (TRL: "we confirmed this
+    choice with the IPO authors"), and `beta` the paper's tau (TRL's name). Reproduces TRL 1.16's
+    `DPOConfig(loss_type=["ipo"], beta=beta)`. Default: TRL's beta = 0.1. Rewards and `logps/*` are
+    TRL's (beta times the *summed* log-ratios; summed log-probs), as TRL logs them for every DPO
+    loss type; `ipo/delta` is the mean of h.
+    """
+    chosen_sum, rejected_sum, chosen_logratios, rejected_logratios = _summed_logratios(
+        "ipo", chosen_logps, chosen_mask, rejected_logps, rejected_mask, ref_chosen_logps, ref_rejected_logps
+    )
+    # |y|: the masks were checked (and every row found non-empty) by _summed_logratios.
+    chosen_count = _as_mask(chosen_mask, "chosen_logps's mask").sum(dim=-1).to(chosen_sum.device, chosen_sum.dtype)
+    rejected_count = _as_mask(rejected_mask, "rejected_logps's mask").sum(dim=-1)
+    rejected_count = rejected_count.to(rejected_sum.device, rejected_sum.dtype)
+    delta = chosen_logratios / chosen_count - rejected_logratios / rejected_count  # h
+    loss = ((delta - 1 / (2 * beta)) ** 2).mean()
+
+    metrics = _summed_metrics(beta * chosen_logratios, beta * rejected_logratios, chosen_sum, rejected_sum,
+                              chosen_logps, chosen_mask, rejected_logps, rejected_mask)
+    metrics["ipo/delta"] = delta.detach().mean()
     return loss, metrics
 
 

@@ -725,3 +725,214 @@ def test_dpo_also_logs_length_normalised_logps():
     assert metrics["logps/chosen"].item() == pytest.approx(-4.0)  # summed, as TRL logs it
     assert metrics["logps/chosen_mean"].item() == pytest.approx(-2.0)
     assert metrics["logps/rejected_mean"].item() == pytest.approx(-8.0 / 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# The anchoring baselines (RPO, CPO, ORPO, IPO) by hand; tests/test_losses_vs_trl.py checks them
+# against TRL's trainers.
+
+
+def _anchoring_inputs(requires_grad=False):
+    chosen, chosen_mask, rejected, rejected_mask = tensors(requires_grad=requires_grad)
+    ref_chosen = chosen.detach() * 0.9 - 0.05
+    ref_rejected = rejected.detach() * 1.1 + 0.02
+    return chosen, chosen_mask, rejected, rejected_mask, ref_chosen, ref_rejected
+
+
+def _hand_logratios():
+    chosen_sums = [sum(r) for r in _valid(CHOSEN, CHOSEN_MASK)]
+    rejected_sums = [sum(r) for r in _valid(REJECTED, REJECTED_MASK)]
+    chosen_ratios = [sum(v - (v * 0.9 - 0.05) for v in r) for r in _valid(CHOSEN, CHOSEN_MASK)]
+    rejected_ratios = [sum(v - (v * 1.1 + 0.02) for v in r) for r in _valid(REJECTED, REJECTED_MASK)]
+    return chosen_sums, rejected_sums, chosen_ratios, rejected_ratios
+
+
+def _hand_pooled_nll():
+    # TRL's NLL: every valid chosen token of the batch, pooled (not a mean of per-sequence means).
+    return -_mean([t for row in _valid(CHOSEN, CHOSEN_MASK) for t in row])
+
+
+@pytest.mark.parametrize("rpo_alpha", [0.0, 0.7])
+def test_rpo_by_hand(rpo_alpha):
+    from prefopt.losses import rpo_loss
+
+    beta = 0.2
+    chosen, chosen_mask, rejected, rejected_mask, ref_chosen, ref_rejected = _anchoring_inputs()
+    loss, metrics = rpo_loss(chosen, chosen_mask, rejected, rejected_mask, ref_chosen_logps=ref_chosen,
+                             ref_rejected_logps=ref_rejected, beta=beta, rpo_alpha=rpo_alpha)
+    chosen_sums, rejected_sums, chosen_ratios, rejected_ratios = _hand_logratios()
+    dpo_term = _mean([-math.log(_sigmoid(beta * (w - l))) for w, l in zip(chosen_ratios, rejected_ratios)])
+    assert loss.item() == pytest.approx(dpo_term + rpo_alpha * _hand_pooled_nll(), rel=1e-12)
+    assert metrics["rpo/dpo_term"].item() == pytest.approx(dpo_term, rel=1e-12)
+    assert metrics["rpo/nll_loss"].item() == pytest.approx(_hand_pooled_nll(), rel=1e-12)
+    assert metrics["rpo/nll_term"].item() == pytest.approx(rpo_alpha * _hand_pooled_nll(), abs=1e-12)
+    assert metrics["rewards/chosen"].item() == pytest.approx(beta * _mean(chosen_ratios), rel=1e-12)
+    assert metrics["logps/chosen"].item() == pytest.approx(_mean(chosen_sums), rel=1e-12)  # sums, as TRL logs
+    assert metrics["logps/rejected_mean"].item() == pytest.approx(
+        _mean([_mean(r) for r in _valid(REJECTED, REJECTED_MASK)]), rel=1e-12
+    )
+    dpo, dpo_metrics = dpo_loss(chosen, chosen_mask, rejected, rejected_mask, ref_chosen_logps=ref_chosen,
+                                ref_rejected_logps=ref_rejected, beta=beta)
+    for name in TRL_METRICS:
+        assert torch.equal(metrics[name], dpo_metrics[name]), name
+    if rpo_alpha == 0.0:
+        assert loss.item() == pytest.approx(dpo.item(), rel=1e-12)
+
+
+def test_rpo_nll_gradient_is_pooled_over_the_batch_tokens():
+    from prefopt.losses import rpo_loss
+
+    def chosen_gradient(fn, **kwargs):
+        chosen, chosen_mask, rejected, rejected_mask, ref_chosen, ref_rejected = _anchoring_inputs(requires_grad=True)
+        loss, _ = fn(chosen, chosen_mask, rejected, rejected_mask, ref_chosen_logps=ref_chosen,
+                     ref_rejected_logps=ref_rejected, **kwargs)
+        loss.backward()
+        return chosen.grad
+
+    mask = torch.tensor(CHOSEN_MASK).bool()
+    nll_gradient = chosen_gradient(rpo_loss, rpo_alpha=0.7) - chosen_gradient(dpo_loss)
+    # d(alpha * NLL)/dl_t = -alpha / N_w for every valid chosen token, whatever its sequence's length.
+    assert torch.allclose(nll_gradient[mask], torch.full_like(nll_gradient[mask], -0.7 / mask.sum().item()))
+    assert torch.all(nll_gradient[~mask] == 0)
+
+
+@pytest.mark.parametrize("cpo_alpha", [0.0, 0.5])
+def test_cpo_by_hand(cpo_alpha):
+    from prefopt.losses import cpo_loss
+
+    beta = 0.2
+    chosen, chosen_mask, rejected, rejected_mask = tensors()
+    loss, metrics = cpo_loss(chosen, chosen_mask, rejected, rejected_mask, beta=beta, cpo_alpha=cpo_alpha)
+    chosen_sums, rejected_sums, _, _ = _hand_logratios()
+    preference = _mean([-math.log(_sigmoid(beta * (w - l))) for w, l in zip(chosen_sums, rejected_sums)])
+    assert loss.item() == pytest.approx(preference + cpo_alpha * _hand_pooled_nll(), rel=1e-12)
+    assert metrics["cpo/preference_term"].item() == pytest.approx(preference, rel=1e-12)
+    assert metrics["cpo/nll_loss"].item() == pytest.approx(_hand_pooled_nll(), rel=1e-12)
+    assert metrics["rewards/chosen"].item() == pytest.approx(beta * _mean(chosen_sums), rel=1e-12)
+    assert metrics["rewards/margins"].item() == pytest.approx(beta * _mean(chosen_sums) - beta * _mean(rejected_sums))
+    assert metrics["logps/rejected"].item() == pytest.approx(_mean(rejected_sums), rel=1e-12)
+    assert metrics["logps/chosen_mean"].item() == pytest.approx(
+        _mean([_mean(r) for r in _valid(CHOSEN, CHOSEN_MASK)]), rel=1e-12
+    )
+
+
+def test_orpo_by_hand():
+    from prefopt.losses import orpo_loss
+
+    beta = 0.25
+    loss, metrics = orpo_loss(*tensors(), beta=beta)
+    chosen_means = [_mean(r) for r in _valid(CHOSEN, CHOSEN_MASK)]
+    rejected_means = [_mean(r) for r in _valid(REJECTED, REJECTED_MASK)]
+
+    def log_odds(mean):  # log(p / (1 - p)) of the geometric-mean token probability p = e^l̄
+        p = math.exp(mean)
+        return math.log(p / (1 - p))
+
+    odds = [log_odds(w) - log_odds(l) for w, l in zip(chosen_means, rejected_means)]
+    odds_ratio_term = beta * _mean([-math.log(_sigmoid(o)) for o in odds])
+    assert loss.item() == pytest.approx(_hand_pooled_nll() + odds_ratio_term, rel=1e-12)
+    assert metrics["orpo/nll_term"].item() == pytest.approx(_hand_pooled_nll(), rel=1e-12)
+    assert metrics["orpo/odds_ratio_term"].item() == pytest.approx(odds_ratio_term, rel=1e-12)
+    assert metrics["orpo/log_odds"].item() == pytest.approx(_mean(odds), rel=1e-12)
+    assert metrics["orpo/log_odds_ratio"].item() == pytest.approx(_mean([math.log(_sigmoid(o)) for o in odds]))
+    assert metrics["rewards/chosen"].item() == pytest.approx(beta * _mean(chosen_means), rel=1e-12)
+    assert metrics["logps/rejected"].item() == pytest.approx(_mean(rejected_means), rel=1e-12)  # means, as TRL
+
+
+@pytest.mark.parametrize("certain", ["chosen", "rejected"])
+def test_orpo_is_finite_when_every_token_is_certain(certain):
+    # l̄ = 0 makes log(1 - e^l̄) = -inf: TRL's loss is then inf or its gradient NaN; ours caps l̄ at -1e-6.
+    from prefopt.losses import orpo_loss
+
+    chosen = torch.tensor([[-0.5, -1.0], [-0.2, -0.3]], requires_grad=True)
+    rejected = torch.tensor([[-2.0, -1.0], [-1.5, -0.7]], requires_grad=True)
+    with torch.no_grad():
+        (chosen if certain == "chosen" else rejected)[0] = 0.0
+    mask = torch.ones(2, 2)
+    loss, metrics = orpo_loss(chosen, mask, rejected, mask)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(chosen.grad).all() and torch.isfinite(rejected.grad).all()
+    assert all(torch.isfinite(value) for value in metrics.values())
+
+
+def test_ipo_by_hand():
+    from prefopt.losses import ipo_loss
+
+    beta = 0.5
+    chosen, chosen_mask, rejected, rejected_mask, ref_chosen, ref_rejected = _anchoring_inputs()
+    loss, metrics = ipo_loss(chosen, chosen_mask, rejected, rejected_mask, ref_chosen_logps=ref_chosen,
+                             ref_rejected_logps=ref_rejected, beta=beta)
+    chosen_sums, _, chosen_ratios, rejected_ratios = _hand_logratios()
+    chosen_lengths = [len(r) for r in _valid(CHOSEN, CHOSEN_MASK)]
+    rejected_lengths = [len(r) for r in _valid(REJECTED, REJECTED_MASK)]
+    # TRL's length normalisation: each log-ratio averaged over its own completion tokens.
+    h = [w / nw - l / nl for w, nw, l, nl in zip(chosen_ratios, chosen_lengths, rejected_ratios, rejected_lengths)]
+    assert loss.item() == pytest.approx(_mean([(x - 1 / (2 * beta)) ** 2 for x in h]), rel=1e-12)
+    assert metrics["ipo/delta"].item() == pytest.approx(_mean(h), rel=1e-12)
+    # TRL logs the unnormalised DPO rewards and summed log-probs for IPO too.
+    assert metrics["rewards/chosen"].item() == pytest.approx(beta * _mean(chosen_ratios), rel=1e-12)
+    assert metrics["logps/chosen"].item() == pytest.approx(_mean(chosen_sums), rel=1e-12)
+
+
+def test_ipo_gradient_vanishes_at_its_target_margin():
+    from prefopt.losses import ipo_loss
+
+    beta = 0.25  # target h = 1 / (2 beta) = 2 nats per token
+    chosen = torch.tensor([[-1.0, -2.0, -3.0]], dtype=torch.float64, requires_grad=True)
+    rejected = torch.tensor([[-1.5, -0.5]], dtype=torch.float64, requires_grad=True)
+    ref_chosen = chosen.detach() - 2.0  # chosen log-ratio 2 per token, rejected 0
+    loss, _ = ipo_loss(chosen, torch.ones(1, 3), rejected, torch.ones(1, 2), ref_chosen_logps=ref_chosen,
+                       ref_rejected_logps=rejected.detach(), beta=beta)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-24)
+    assert torch.all(chosen.grad == 0) and torch.all(rejected.grad == 0)
+
+
+def test_anchoring_baselines_in_the_registry():
+    expected = {
+        "rpo": (True, {"beta": 0.1, "rpo_alpha": 1.0}),
+        "cpo": (False, {"beta": 0.1, "cpo_alpha": 1.0}),
+        "orpo": (False, {"beta": 0.1}),
+        "ipo": (True, {"beta": 0.1}),
+    }
+    for name, (needs_reference, defaults) in expected.items():
+        spec = get_objective(name)
+        assert spec.needs_reference is needs_reference, name
+        assert spec.defaults == defaults, name
+        assert spec.module == "prefopt.losses" and spec.citation, name
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "offender"),
+    [
+        ("rpo", {"rpo_alpha": -0.1}, "rpo_alpha"),
+        ("rpo", {"beta": 0.0}, "beta"),
+        ("cpo", {"cpo_alpha": -1.0}, "cpo_alpha"),
+        ("orpo", {"beta": -0.5}, "beta"),
+        ("ipo", {"beta": 0.0}, "beta"),
+    ],
+)
+def test_anchoring_baselines_bad_hyperparameters_are_named(name, kwargs, offender):
+    chosen, chosen_mask, rejected, rejected_mask, ref_chosen, ref_rejected = _anchoring_inputs()
+    references = {"ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}
+    with pytest.raises(ValueError, match=offender):
+        get_objective(name).fn(chosen, chosen_mask, rejected, rejected_mask,
+                               **(references if get_objective(name).needs_reference else {}), **kwargs)
+
+
+@pytest.mark.parametrize("name", ["rpo", "ipo"])
+def test_anchoring_baselines_check_the_reference(name):
+    chosen, chosen_mask, rejected, rejected_mask, ref_chosen, ref_rejected = _anchoring_inputs(requires_grad=True)
+    fn = get_objective(name).fn
+    with pytest.raises(ValueError, match="ref_rejected_logps"):
+        fn(chosen, chosen_mask, rejected, rejected_mask, ref_chosen_logps=ref_chosen,
+           ref_rejected_logps=ref_rejected[:, :3])
+    with pytest.raises(TypeError, match=f"{name} needs ref_chosen_logps"):
+        fn(chosen, chosen_mask, rejected, rejected_mask, ref_chosen_logps=None, ref_rejected_logps=ref_rejected)
+    # The reference is a constant: no gradient reaches it.
+    ref_chosen.requires_grad_()
+    loss, _ = fn(chosen, chosen_mask, rejected, rejected_mask, ref_chosen_logps=ref_chosen,
+                 ref_rejected_logps=ref_rejected)
+    loss.backward()
+    assert ref_chosen.grad is None and chosen.grad.abs().sum() > 0
