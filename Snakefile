@@ -2,11 +2,9 @@
 # -> evaluation -> Tables 3-5, figures and report. Run `snakemake --cores 2` (see README).
 from snakemake.utils import min_version
 
-import os
-import sys
-
 from prefopt.config_schema import resolve_workflow_config
 from prefopt.plan import announce_precisions, workflow_plan
+from prefopt.resources import jobs_use_this_python
 
 min_version("9.0")
 
@@ -27,12 +25,11 @@ announce_precisions(
 )
 
 # The runs, tables and checks of the config (prefopt/plan.py); a bad config exits with one line.
-PLAN = workflow_plan(config)
+PLAN = workflow_plan(config, main_process=workflow.is_main_process)
 
-# Jobs run this Snakemake's own Python and tools (`python`, `accelerate`) with or without an activated
-# venv, locally and in SLURM jobs, which inherit this environment (sbatch --export=ALL).
-if os.environ.get("PATH", "").split(os.pathsep)[0] != os.path.dirname(sys.executable):
-    os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+# Jobs run this Snakemake's own Python and tools (`python`, `accelerate`) with or without an
+# activated venv, locally and in SLURM jobs (prefopt/resources.py).
+jobs_use_this_python()
 
 # Jobs import this checkout's prefopt, in the project venv and in the envs/ of `--sdm conda` alike.
 # (The prefix is format()ted: {{ }} are literal braces. It keeps Snakemake's bash strict mode.)
@@ -48,7 +45,6 @@ include: "rules/common.smk"
 
 envvars:
     *get_envvars(),
-
 
 
 include: "rules/data.smk"

@@ -18,10 +18,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prefopt import resources
 from prefopt.objectives import ObjectiveError, get_objective, objective_sources
 
 RESULTS = "results"
@@ -78,18 +80,28 @@ def check_benchmarks(config: dict) -> None:
         raise PlanError("evaluation.benchmarks", "demo_generation needs data.source: demo (it checks known answers)")
 
 
-def workflow_plan(config: dict) -> Plan:
-    """`make_plan` after the checks that read this machine (model files, GPU requests); a bad config
-    exits with its one line, as the schema's errors do (`sys.exit` keeps Snakemake's output to that line)."""
-    from prefopt import resources
+def judge_key_variables(config: dict) -> list[str]:
+    """The environment variable holding the judge's API key, when a judge needs one (`judge.api_key_env`)."""
+    judge = config.get("judge") or {}
+    return [judge["api_key_env"]] if judge.get("api_key_env") else []
 
+
+def workflow_plan(config: dict, *, main_process: bool = True) -> Plan:
+    """`make_plan` after the checks that read this machine (model files, GPU requests); a bad config
+    exits with its one line, as the schema's errors do (`sys.exit` keeps Snakemake's output to that line).
+    An unset judge key is a warning, not an error: a dry run or the tables need no key."""
     try:
         check_model_sources(config)
         check_benchmarks(config)
         resources.check_gpu_requests(config=config)
-        return make_plan(config)
+        plan = make_plan(config)
     except (PlanError, resources.ResourcesError) as error:
         sys.exit(f"config error: {error}")
+    for variable in judge_key_variables(config):
+        if variable not in os.environ and main_process:
+            print(f"warning: judge.api_key_env: {variable} is not set; each judge job stops at its start "
+                  "until it is", file=sys.stderr)
+    return plan
 
 
 # ---------------------------------------------------------------------------------------- precision

@@ -24,7 +24,8 @@ so a CPU config submits CPU jobs. `cpus_per_task` always equals the job's thread
 
 from __future__ import annotations
 
-from prefopt.plan import PlanError
+import os
+import sys
 
 __all__ = ["RULE_GROUPS", "ResourcesError", "check_gpu_requests", "job_gpus", "job_resources", "job_threads"]
 
@@ -45,8 +46,12 @@ RULE_GROUPS = {
 }
 
 
-# A config whose resource requests contradict each other: the plan's error, naming the key path.
-ResourcesError = PlanError
+class ResourcesError(ValueError):
+    """A config whose resource requests contradict each other; the message starts with the key path."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
 
 
 def _block(config: dict, rule: str) -> tuple[str, dict]:
@@ -110,3 +115,12 @@ def job_resources(*, config: dict, rule: str) -> dict:
         # plugin splitting an N-GPU job into N one-GPU tasks (snakemake-executor-plugin-slurm #459).
         resources["tasks"] = 0
     return resources
+
+
+def jobs_use_this_python() -> None:
+    """Put this interpreter's bin/ first on PATH, so jobs run this Snakemake's `python` and `accelerate`
+    with or without an activated venv: locally, and in SLURM jobs, which inherit this environment
+    (sbatch --export=ALL). A job's conda env (`--sdm conda`) is activated after, and comes first."""
+    here = os.path.dirname(sys.executable)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != here:
+        os.environ["PATH"] = os.pathsep.join([here, os.environ.get("PATH", "")])

@@ -1,6 +1,6 @@
 # `get_*` helpers that turn the experiment plan (prefopt/plan.py, `PLAN` from the Snakefile) into
-# rule inputs and params. Every hyperparameter reaches a job through `params:` or a run-config
-# file written by `write_run_config`; no script reads the global config.
+# the inputs and params of the rules. Every hyperparameter reaches a job through `params:` or a
+# run-config file written by `write_run_config`; no script reads the global config.
 import json
 import os
 import re
@@ -63,7 +63,9 @@ def get_objective_input(wildcards):
 
 
 def get_objective_arg(wildcards, input):
-    return f"--objective-source {input.objective}" if "objective" in input.keys() else ""
+    return (
+        f"--objective-source {input.objective}" if "objective" in input.keys() else ""
+    )
 
 
 def get_split_input(wildcards):
@@ -272,9 +274,10 @@ def get_split_tokenizers(wildcards):
 
 
 def get_envvars():
-    """The variables jobs read from the environment: the judge's API key variable, when a judge needs one."""
-    judge = config.get("judge") or {}
-    return [judge["api_key_env"]] if judge.get("api_key_env") else []
+    """The judge's API key variable when it is set: declared, it reaches remote and cluster jobs.
+    Unset, the plan warns (a dry run or the tables need no key) and the judge jobs stop naming it.
+    """
+    return [name for name in planner.judge_key_variables(config) if name in os.environ]
 
 
 def get_split_length_checks():

@@ -140,6 +140,10 @@ def test_bad_config_names_the_key(workdir, base_config, edit, expected):
     [
         (lambda c: c["lora"].update(r=0), "config error: lora.r: 0 is less than the minimum of 1"),
         (lambda c: c["methods"].update(slme={}), "config error: unknown method 'slme'; did you mean 'slime'?"),
+        (lambda c: c["ablations"].update(sweeps={"detla": [0.5]}),
+         "config error: ablations.sweeps.detla: 'slime' has no hyperparameter 'detla'; did you mean 'delta'?"),
+        (lambda c: c["ablations"].update(p_sweep=[1.0]),
+         "config error: unknown key 'p_sweep' in ablations; did you mean 'sweeps'?"),
     ],
 )
 def test_schema_error_is_the_only_line_printed(workdir, base_config, edit, line):
@@ -150,6 +154,34 @@ def test_schema_error_is_the_only_line_printed(workdir, base_config, edit, line)
     printed = [text for text in (result.stdout + result.stderr).splitlines()
                if not text.startswith("Using workflow specific profile")]  # Snakemake's own first line
     assert printed == [line]
+
+
+def test_an_unset_judge_key_is_one_warning_and_a_set_one_is_declared(workdir, base_config, monkeypatch):
+    config = copy.deepcopy(base_config)
+    config["judge"] = {"base_url": "http://127.0.0.1:9", "model": "j", "api_key_env": "PREFOPT_TEST_UNSET_KEY"}
+    monkeypatch.delenv("PREFOPT_TEST_UNSET_KEY", raising=False)
+    result = dry_run(workdir, config)
+    assert result.returncode == 0, result.stderr[-2000:]
+    warnings = [line for line in result.stderr.splitlines() if "PREFOPT_TEST_UNSET_KEY" in line]
+    assert warnings == ["warning: judge.api_key_env: PREFOPT_TEST_UNSET_KEY is not set; each judge job stops at its "
+                        "start until it is"]
+    monkeypatch.setenv("PREFOPT_TEST_UNSET_KEY", "secret-value")
+    result = dry_run(workdir, config)
+    assert result.returncode == 0 and "PREFOPT_TEST_UNSET_KEY" not in result.stderr
+    common = (workdir / "Snakefile").read_text()
+    assert "envvars:" in common and "get_envvars()" in common  # declared, so remote and cluster jobs get it
+
+
+def test_sweeps_dry_run_shares_the_default_run(workdir, base_config):
+    config = copy.deepcopy(base_config)
+    config["ablations"]["components"] = []
+    config["ablations"]["sweeps"] = {"p": [1.0], "delta": [0.5, 2.0], "simpo.beta": [1.0]}
+    result = dry_run(workdir, config)
+    counts = job_counts(result.stdout)
+    # 2 models x 4 methods, then p=1, delta=0.5 and 2.0, SimPO beta=1 on tiny-a: the defaults are the main runs.
+    assert counts["align"] == 2 * 4 + 4
+    for name in ("table5", "sweep_delta", "sweep_simpo_beta"):
+        assert f"results/tables/{name}.md" in result.stdout
 
 
 def test_split_checks_prompt_lengths_before_sft_and_reruns_on_dataset_edits(tmp_path, base_config):
