@@ -309,3 +309,36 @@ def objective_sources(modules: Iterable[str]) -> dict[str, str]:
     load_objectives(modules)
     files = {module: str(module_source(module)) for module in modules}
     return {name: files[spec.module] for name, spec in _REGISTRY.items() if spec.module in files}
+
+
+# --------------------------------------------------------------------------------------------
+# The docs' method list
+
+
+def _range_text(hp: Hyperparameter) -> str:
+    if hp.type is bool:
+        return "true/false"
+    bounds = [f"{words} {value:g}" for words, value in ((">=", hp.range.ge), (">", hp.range.gt),
+                                                         ("<=", hp.range.le), ("<", hp.range.lt)) if value is not None]
+    return ", ".join(bounds) or "any"
+
+
+def markdown_table(modules: Iterable[str] = ()) -> str:
+    """The built-in objectives and those of `modules` as a markdown table (docs/objectives.md holds the
+    built-ins' table; a test keeps it equal to this)."""
+    modules = tuple(modules)
+    lines = ["| method | label | reference model | hyperparameters (default; range) | source |",
+             "|---|---|---|---|---|"]
+    for name, spec in sorted(load_objectives(modules).items()):
+        if spec.module not in (*BUILTIN_MODULES, *modules):
+            continue
+        hps = "; ".join(f"`{hp.name}` = {str(hp.default).lower() if hp.type is bool else f'{hp.default:g}'} "
+                        f"({_range_text(hp)})" for hp in spec.hyperparameters)
+        lines.append(f"| `{name}` | {spec.label} | {'yes' if spec.needs_reference else 'no'} | {hps} | {spec.citation} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m prefopt.objectives [my_losses ...]: the method table
+    from prefopt import objectives  # the registry the losses register in (this file runs as __main__)
+
+    sys.stdout.write(objectives.markdown_table(sys.argv[1:]))

@@ -166,3 +166,12 @@ def test_a_job_imports_the_module_from_the_file_the_planner_found(tmp_path):
         assert get_objective("margin_nll_b").module == "user_losses_b"
     """)
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_the_docs_method_list_is_the_registrys():
+    from prefopt.objectives import markdown_table
+
+    text = (REPO / "docs" / "objectives.md").read_text()
+    block = text.split("<!-- methods: python -m prefopt.objectives -->\n", 1)[1].split("<!-- end methods -->", 1)[0]
+    assert block == markdown_table()
+    assert "| `slime` | SLIME | no |" in block and "| `dpo` | DPO | yes |" in block
