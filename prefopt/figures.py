@@ -13,19 +13,26 @@
   (SLIME's ``slime/delta``) over training steps. Δ is computed from the two log-probs for every
   method, so DPO's β-scaled, reference-relative ``rewards/margins`` is not mixed in. The paper's
   "unlearning" (section 7) shows as a falling l̄_w.
-- ``table4_ablations.png`` and ``table5_exponent_p.png``: bars of the offline metrics of Tables 4 and 5,
-  with the 95% bootstrap CI as error bars where the result has one.
+- ``table4_ablations.png``: bars of the offline metrics of Table 4 (the ablations), the full method's
+  bar in orange, with the 95% bootstrap CI as error bars where the result has one.
+- one figure per hyperparameter sweep (``table5_exponent_p.png`` for the paper's p sweep,
+  ``sweep_<name>.png`` for the others, e.g. ``sweep_delta.png``, ``sweep_simpo_beta.png``): the offline
+  metrics, and demo accuracy where evaluated, against the hyperparameter's value with their 95% CIs
+  (the same numbers as the sweep's table), the default value marked.
 
-The manifest is the tables manifest (`prefopt.tables`) plus
+The manifest is the tables manifest (`prefopt.tables`: ``{"tables": [...], "not_run": ...}``) plus
 ``"training_curves": [{"model": "smollm2", "model_label": "SmolLM2-135M", "label": "SLIME", "seed": 0,
-"metrics": ".../metrics.jsonl"}]`` (one entry per method and seed), where each metrics file holds one
-JSON record per logging step (`prefopt.trainer.MetricsFileCallback`) and the probe records.
+"metrics": ".../metrics.jsonl"}]`` (one entry per method of Table 3 and seed, labelled by the objective
+registry), where each metrics file holds one JSON record per logging step
+(`prefopt.trainer.MetricsFileCallback`) and the probe records. Which tables get a figure follows their
+kind (ablations: bars; sweep: metrics against the value), the marked bar or point their role.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import matplotlib
@@ -36,7 +43,8 @@ import numpy as np  # noqa: E402
 
 from prefopt.evaluation.bootstrap import paired_bootstrap_ci_over_seeds  # noqa: E402
 from prefopt.io import atomic_open, read_jsonl  # noqa: E402
-from prefopt.tables import bootstrap_settings, build_table, load_manifest, row_seed_results  # noqa: E402
+from prefopt.tables import (Table, bootstrap_settings, build_table, check_manifest, format_value,  # noqa: E402
+                            load_manifest, row_seed_results)
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +76,8 @@ def curve_series(records: list[dict], prefix: str = "") -> dict[str, tuple[np.nd
             continue
         if prefix == "" and "loss" not in record:
             continue  # evaluation records carry eval_* keys only
-        # DPO logs summed log-probs under TRL's names and the length-normalised l̄ under *_mean.
+        # Every objective logs the length-normalised l̄ under *_mean; older logs (and TRL's DPO names) only
+        # logps/chosen and logps/rejected.
         chosen = record.get(f"{prefix}logps/chosen_mean", record.get(f"{prefix}logps/chosen"))
         rejected = record.get(f"{prefix}logps/rejected_mean", record.get(f"{prefix}logps/rejected"))
         if chosen is not None:
@@ -206,7 +215,7 @@ def plot_probe_trajectories(curves: list[dict], out_path: str | os.PathLike, tit
                             settings: dict | None = None) -> Path:
     """The main figure: `PROBE_PANELS` per method (curves grouped by label, one per seed), as changes
     from step 0 with paired-bootstrap CI bands; a figure that says so where no run has probe records."""
-    settings = settings or {"n_resamples": 1000, "seed": 0}
+    settings = settings or bootstrap_settings([])  # the evaluation's defaults
     methods: dict[str, list[list[dict]]] = {}
     for curve in curves:
         if not Path(curve["metrics"]).exists():
@@ -257,29 +266,47 @@ def plot_probe_trajectories(curves: list[dict], out_path: str | os.PathLike, tit
     return _save(fig, Path(out_path))
 
 
-def plot_offline_bars(manifest: dict, table_name: str, out_path: str | os.PathLike, title: str) -> Path | None:
-    """Bars of the offline metrics of Table 4 or 5 (rows in table order), CI error bars where known."""
-    table = build_table(manifest, table_name)
-    if not table.rows:
+def _metrics_present(table: Table) -> list[tuple]:
+    return [metric for metric in BAR_METRICS if any(row.raw.get(metric[0]) is not None for row in table.rows)]
+
+
+def _scaled(table: Table, key: str, scale: float) -> np.ndarray:
+    return np.array([np.nan if row.raw.get(key) is None else row.raw[key] * scale for row in table.rows])
+
+
+def _error_bars(table: Table, key: str, scale: float, ci_keys, values: np.ndarray) -> np.ndarray | None:
+    """[2, rows] distances of the CI ends from the values (0 where a row has no CI); None without any CI."""
+    if not ci_keys or all(row.raw.get(ci_keys[0]) is None for row in table.rows):
         return None
-    metrics = [metric for metric in BAR_METRICS if any(row.raw.get(metric[0]) is not None for row in table.rows)]
-    if not metrics:
+    low, high = _scaled(table, ci_keys[0], scale), _scaled(table, ci_keys[1], scale)
+    return np.nan_to_num(np.vstack([np.clip(values - low, 0, None), np.clip(high - values, 0, None)]))
+
+
+def _panel_grid(count: int, width: float = 5.2, height: float = 3.9):
+    columns = min(3, count)
+    grid_rows = -(-count // columns)
+    fig, axes = plt.subplots(grid_rows, columns, figsize=(width * columns, height * grid_rows), squeeze=False)
+    for axis in list(axes.flat)[count:]:
+        axis.set_visible(False)
+    return fig, axes
+
+
+def plot_offline_bars(table: Table, out_path: str | os.PathLike, title: str) -> Path | None:
+    """Bars of the offline metrics of a table (rows in table order), CI error bars where known, the
+    reference row's bar (Table 4's full method) in orange."""
+    metrics = _metrics_present(table)
+    if not table.rows or not metrics:
         return None
     labels = [row.labels[-1] if len({r.block for r in table.rows}) == 1 else f"{row.block}\n{row.labels[-1]}"
               for row in table.rows]
-    columns = min(3, len(metrics))
-    grid_rows = -(-len(metrics) // columns)
-    fig, axes = plt.subplots(grid_rows, columns, figsize=(5.2 * columns, 3.9 * grid_rows), squeeze=False)
-    default_index = next((i for i, label in enumerate(labels) if "default" in label or label == "Full SLIME"), None)
+    fig, axes = _panel_grid(len(metrics))
     x = np.arange(len(labels))
+    colors = ["tab:orange" if row.role == "reference" else "tab:blue" for row in table.rows]
     for axis, (key, panel_title, scale, ci_keys) in zip(axes.flat, metrics):
-        values = np.array([np.nan if row.raw.get(key) is None else row.raw[key] * scale for row in table.rows])
-        colors = ["tab:orange" if i == default_index else "tab:blue" for i in range(len(labels))]
+        values = _scaled(table, key, scale)
         errors = None
         if ci_keys and all(row.raw.get(ci_keys[0]) is not None for row in table.rows if row.raw.get(key) is not None):
-            low = np.array([np.nan if row.raw.get(ci_keys[0]) is None else row.raw[ci_keys[0]] * scale for row in table.rows])
-            high = np.array([np.nan if row.raw.get(ci_keys[1]) is None else row.raw[ci_keys[1]] * scale for row in table.rows])
-            errors = np.vstack([np.clip(values - low, 0, None), np.clip(high - values, 0, None)])
+            errors = _error_bars(table, key, scale, ci_keys, values)
         bars = axis.bar(x, np.nan_to_num(values), color=colors, yerr=errors, capsize=4, edgecolor="black",
                         linewidth=0.5)
         axis.bar_label(bars, labels=["n/a" if np.isnan(v) else f"{v:.3g}" for v in values], fontsize=7,
@@ -289,24 +316,91 @@ def plot_offline_bars(manifest: dict, table_name: str, out_path: str | os.PathLi
         axis.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
         axis.axhline(0.0, color="black", linewidth=0.6)
         axis.grid(axis="y", alpha=0.3)
-        finite = values[~np.isnan(values)]
-        if finite.size and key in ("preference_accuracy", "demo_accuracy"):
+        if np.isfinite(values).any() and key in ("preference_accuracy", "demo_accuracy"):
             axis.set_ylim(0, 100)
-    for axis in list(axes.flat)[len(metrics):]:
-        axis.set_visible(False)
     fig.suptitle(title, fontsize=12)
     fig.tight_layout()
     return _save(fig, Path(out_path))
+
+
+def sweep_positions(table: Table) -> tuple[np.ndarray, list[str]]:
+    """x positions of a sweep's rows and their tick labels: the values themselves, or 0 / 1 for a boolean."""
+    return np.array([float(row.value) for row in table.rows]), [format_value(row.value) for row in table.rows]
+
+
+def plot_sweep(table: Table, out_path: str | os.PathLike, title: str) -> Path | None:
+    """One panel per offline metric (and demo accuracy where evaluated): the metric against the swept
+    hyperparameter's value with its 95% CI (one line per model), the default value (the reference row)
+    marked by a star and a dotted line."""
+    metrics = _metrics_present(table)
+    if not table.rows or not metrics:
+        return None
+    x, tick_labels = sweep_positions(table)
+    parameter = table.label_headers[-1]
+    fig, axes = _panel_grid(len(metrics))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    blocks = list(dict.fromkeys(row.block for row in table.rows))
+    for axis, (key, panel_title, scale, ci_keys) in zip(axes.flat, metrics):
+        values = _scaled(table, key, scale)
+        errors = _error_bars(table, key, scale, ci_keys, values)
+        for block_index, block in enumerate(blocks):
+            members = np.array([i for i, row in enumerate(table.rows) if row.block == block])
+            order = members[np.argsort(x[members], kind="stable")]
+            color = colors[block_index % len(colors)]
+            axis.errorbar(x[order], values[order], yerr=None if errors is None else errors[:, order], color=color,
+                          marker="o", markersize=5, capsize=4, linewidth=1.5,
+                          label=block if len(blocks) > 1 else None)
+            for i in order:
+                if table.rows[i].role == "reference" and not np.isnan(values[i]):
+                    axis.plot(x[i], values[i], marker="*", markersize=15, color="tab:orange",
+                              markeredgecolor="black", zorder=5)
+        for row, position in zip(table.rows, x):
+            if row.role == "reference":
+                axis.axvline(position, color="tab:orange", linestyle=":", linewidth=1.2)
+        for i, value in enumerate(values):
+            if np.isnan(value):
+                axis.annotate("n/a", (x[i], 0), fontsize=7, ha="center", textcoords="offset points", xytext=(0, 2))
+        axis.set_title(panel_title, fontsize=10)
+        axis.set_xticks(sorted(set(x)))
+        axis.set_xticklabels([dict(zip(x, tick_labels))[position] for position in sorted(set(x))], fontsize=8)
+        axis.set_xlabel(parameter)
+        axis.grid(alpha=0.3)
+        if key == "delta_chosen_logp_vs_sft":
+            axis.axhline(0.0, color="black", linewidth=0.6)
+        if np.isfinite(values).any() and key in ("preference_accuracy", "demo_accuracy"):
+            axis.set_ylim(0, 100)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper right", frameon=False)
+    defaults = sorted({format_value(row.value) for row in table.rows if row.role == "reference"})
+    fig.suptitle(f"{title}\n(error bars: 95% bootstrap CI over held-out items; ★ and dotted line: the default "
+                 f"{parameter} = {', '.join(defaults) or 'n/a'})", fontsize=12)
+    fig.tight_layout()
+    return _save(fig, Path(out_path))
+
+
+def figure_name(table: Table) -> str:
+    """The PNG of an ablations or sweep table: table4_ablations.png; a sweep named after its hyperparameter
+    keeps its name (sweep_delta.png), the paper's numbered one adds its label header (table5_exponent_p.png)."""
+    if table.kind == "ablations":
+        return f"{table.name}_ablations.png"
+    if table.parameter and table.name.endswith(table.parameter):
+        return f"{table.name}.png"
+    return f"{table.name}_{re.sub(r'[^a-z0-9]+', '_', table.label_headers[-1].lower()).strip('_')}.png"
 
 
 def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in text).strip("-") or "model"
 
 
+FIGURE_KINDS = ("ablations", "sweep")  # the kinds of table with a figure (Table 3 has none)
+
+
 def write_figures(manifest: dict | str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
     """All figures of the manifest into `out_dir`; returns the paths written."""
     if not isinstance(manifest, dict):
         manifest = load_manifest(manifest)
+    check_manifest(manifest)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -316,10 +410,11 @@ def write_figures(manifest: dict | str | os.PathLike, out_dir: str | os.PathLike
             if key not in curve:
                 raise KeyError(f"training_curves[{index}] has no {key!r}")
         curves_by_model.setdefault(curve["model"], []).append(curve)
+    methods_rows = [row for table in manifest["tables"] if table["kind"] == "methods" for row in table["rows"]]
     for model, curves in curves_by_model.items():
         label = curves[0].get("model_label") or model
-        settings = bootstrap_settings([results for entry in manifest.get("table3") or []
-                                       if entry.get("model") == model for results in row_seed_results(entry)])
+        settings = bootstrap_settings([results for row in methods_rows if row.get("model") == model
+                                       for results in row_seed_results(row)])
         written.append(plot_probe_trajectories(
             curves, out_dir / f"probe_trajectories_{_slug(model)}.png",
             f"{label}: held-out probes during preference training, change from SFT", settings))
@@ -327,12 +422,14 @@ def write_figures(manifest: dict | str | os.PathLike, out_dir: str | os.PathLike
                                     f"{label}: per-batch chosen / rejected log-probs during preference training")
         if path:
             written.append(path)
-    for table_name, file_name, title in (
-        ("table4", "table4_ablations.png", "Table 4: SLIME component ablations (held-out offline metrics)"),
-        ("table5", "table5_exponent_p.png", "Table 5: SLIME stabiliser exponent p (held-out offline metrics)"),
-    ):
-        if manifest.get(table_name):
-            path = plot_offline_bars(manifest, table_name, out_dir / file_name, title)
-            if path:
-                written.append(path)
+    for table in [build_table(manifest, spec["name"]) for spec in manifest["tables"] if spec["kind"] in FIGURE_KINDS]:
+        method = table.method_label or ""
+        if table.kind == "ablations":
+            path = plot_offline_bars(table, out_dir / figure_name(table),
+                                     f"{table.title}: {method} component ablations (held-out offline metrics)")
+        else:
+            path = plot_sweep(table, out_dir / figure_name(table),
+                              f"{table.title}: {table.description.rstrip('.')} (held-out metrics)")
+        if path:
+            written.append(path)
     return written

@@ -12,7 +12,7 @@ import pytest
 
 from prefopt.evaluation.bootstrap import paired_bootstrap_ci_over_seeds
 from prefopt.figures import PROBE_PANELS, curve_series, probe_trajectory, write_figures
-from test_tables import _dump
+from test_tables import _dump, make_row, make_table, rows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,14 +66,14 @@ def manifest(tmp_path):
     def dump(name, payload):
         return _dump(tmp_path / "results" / name, payload)
 
-    table3 = [{"model": "smollm2", "model_label": "SmolLM2-135M", "method_label": label, "run": run,
-               "results": {"offline": dump(f"{run}.json", _offline(0.6, -1.0))}}
-              for label, run in (("Base (Pretrain)", "base"), ("SFT", "sft"))]
-    table4 = [{"model": "smollm2", "variant": name, "run": f"v{i}",
-               "results": {"offline": dump(f"v{i}.json", _offline(0.5 + i / 20, -1.0 - i / 10))}}
+    def row(label, role, run, accuracy, chosen, value=None):
+        return make_row("smollm2", "SmolLM2-135M", label, role, {"offline": dump(f"{run}.json", _offline(accuracy, chosen))},
+                        run=run, value=value)
+
+    table3 = [row("Base (Pretrain)", "base", "base", 0.6, -1.0), row("SFT", "sft", "sft", 0.6, -1.0)]
+    table4 = [row(name, "reference" if i == 0 else "row", f"v{i}", 0.5 + i / 20, -1.0 - i / 10)
               for i, name in enumerate(["Full SLIME", "w/o chosen term", "w/o rejected term"])]
-    table5 = [{"model": "smollm2", "p": p, "default": p == 2.5, "run": f"p{p}",
-               "results": {"offline": dump(f"p{p}.json", _offline(0.6, -1.1))}} for p in (1.5, 2.5)]
+    table5 = [row(f"{p:g}", "reference" if p == 2.5 else "row", f"p{p}", 0.6, -1.1, value=p) for p in (1.5, 2.5)]
     curves = [
         {"model": "smollm2", "model_label": "SmolLM2-135M", "label": "DPO", "seed": 0,
          "metrics": _metrics_file(tmp_path / "runs" / "dpo" / "metrics.jsonl", -0.01, probe_seed=0)},
@@ -82,8 +82,9 @@ def manifest(tmp_path):
                                     with_slime_delta=True, probe_seed=seed)} for seed in (0, 1)),
         {"model": "gemma", "label": "SimPO", "metrics": _metrics_file(tmp_path / "runs" / "simpo" / "metrics.jsonl", -0.03)},
     ]
-    return {"judge": None, "table3": table3, "table4": table4, "table5": table5, "not_run": {},
-            "training_curves": curves}
+    return {"judge": None, "not_run": {}, "training_curves": curves,
+            "tables": [make_table("table3", "methods", table3), make_table("table4", "ablations", table4, "slime"),
+                       make_table("table5", "sweep", table5, "slime", "p")]}
 
 
 def test_curve_series_separates_train_and_eval_and_computes_delta(tmp_path):
@@ -111,12 +112,60 @@ def test_figures_written_and_non_empty(manifest, tmp_path):
     assert not list(out_dir.glob(".*tmp"))  # no temporary files left behind
 
 
+def test_one_figure_per_sweep_with_cis_and_the_default_marked(manifest, tmp_path, monkeypatch):
+    """Two sweeps of SLIME (p: Table 5, delta), a SimPO one and a boolean one: a figure each, the metrics
+    against the value with their CIs, the default value starred and lined."""
+    def sweep(name, method, parameter, values, default):
+        table_rows = [make_row("smollm2", "SmolLM2-135M", str(value), "reference" if value == default else "row",
+                               {"offline": _dump(tmp_path / "sweeps" / f"{name}-{value}.json",
+                                                 _offline(0.5 + index / 10, -1.0 - index / 10))}, value=value)
+                      for index, value in enumerate(values)]
+        return make_table(name, "sweep", table_rows, method, parameter)
+
+    manifest["tables"][2:] = [sweep("table5", "slime", "p", [1.0, 2.5, 3.0], 2.5),
+                              sweep("sweep_delta", "slime", "delta", [0.5, 1.25, 2.0], 1.25),
+                              sweep("sweep_simpo_beta", "simpo", "beta", [2.0, 10.0], 2.0),
+                              sweep("sweep_use_hard_margin", "slime", "use_hard_margin", [False, True], True)]
+    manifest["training_curves"] = []
+    import prefopt.figures as figures
+
+    drawn, save = {}, figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, path: (drawn.setdefault(path.name, fig), save(fig, path))[1])
+    names = sorted(path.name for path in write_figures(manifest, tmp_path / "figs"))
+    assert names == ["sweep_delta.png", "sweep_simpo_beta.png", "sweep_use_hard_margin.png", "table4_ablations.png",
+                     "table5_exponent_p.png"]
+    assert all(_is_png(tmp_path / "figs" / name) for name in names)
+    for name, parameter, xs, default in (("table5_exponent_p.png", "Exponent p", [1.0, 2.5, 3.0], 2.5),
+                                         ("sweep_delta.png", "delta", [0.5, 1.25, 2.0], 1.25),
+                                         ("sweep_use_hard_margin.png", "use_hard_margin", [0.0, 1.0], 1.0)):
+        fig = drawn[name]
+        accuracy = next(axis for axis in fig.axes if axis.get_title().startswith("Preference accuracy"))
+        assert accuracy.get_xlabel() == parameter
+        line = accuracy.lines[0]
+        assert list(line.get_xdata()) == xs
+        np.testing.assert_allclose(line.get_ydata(), [50.0 + 10 * i for i in range(len(xs))])
+        # Error bars: each point's CI (accuracy ± 10 points in these results).
+        segments = accuracy.collections[0].get_segments()
+        np.testing.assert_allclose([segment[:, 1] for segment in segments],
+                                   [[40.0 + 10 * i, 60.0 + 10 * i] for i in range(len(xs))])
+        stars = [line for line in accuracy.lines if line.get_marker() == "*"]
+        assert [list(star.get_xdata()) for star in stars] == [[default]]
+        assert any(list(line.get_xdata()) == [default, default] and line.get_linestyle() == ":"
+                   for line in accuracy.lines)
+        assert f"default {parameter} = " in fig._suptitle.get_text()
+    assert [tick.get_text() for tick in drawn["sweep_use_hard_margin.png"].axes[0].get_xticklabels()] == ["false", "true"]
+    assert drawn["table5_exponent_p.png"]._suptitle.get_text().startswith(
+        "Table 5: Effect of the stabilizing loss exponent p on SLIME performance (held-out metrics)")
+    assert drawn["sweep_simpo_beta.png"]._suptitle.get_text().startswith(
+        "SimPO beta sweep: Effect of the hyperparameter beta on SimPO performance")
+
+
 def test_figures_skip_logs_without_logps_and_fail_on_missing_files(manifest, tmp_path, caplog):
     empty = tmp_path / "runs" / "empty" / "metrics.jsonl"
     empty.parent.mkdir(parents=True)
     empty.write_text(json.dumps({"step": 1, "loss": 0.7}) + "\n")
     manifest["training_curves"] = [{"model": "m", "label": "SFT-only", "metrics": str(empty)}]
-    manifest["table4"], manifest["table5"] = [], []
+    manifest["tables"] = manifest["tables"][:1]  # no ablations: no Table 4, no sweeps
     # No per-batch curves to draw; the main figure is still written and says there are no probes.
     assert [path.name for path in write_figures(manifest, tmp_path / "figs")] == ["probe_trajectories_m.png"]
     assert "no logps" in caplog.text

@@ -13,7 +13,7 @@ import pytest
 
 from prefopt.io import append_jsonl, atomic_open, read_jsonl, write_json, write_jsonl, write_text_atomic
 from test_figures import _metrics_file, _offline
-from test_tables import _dump
+from test_tables import _dump, make_row, make_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,15 +71,16 @@ def test_tables_and_figures_scripts_write_mode_0644(tmp_path):
     def dump(name, payload):
         return _dump(tmp_path / "results" / name, payload)
 
+    def row(label, role, run, accuracy, chosen, value=None):
+        return make_row("m", "M", label, role, {"offline": dump(f"{run}.json", _offline(accuracy, chosen))},
+                        run=run, value=value)
+
     manifest = {
         "judge": None, "not_run": {},
-        "table3": [{"model": "m", "model_label": "M", "method_label": label, "run": run,
-                    "results": {"offline": dump(f"{run}.json", _offline(0.6, -1.0))}}
-                   for label, run in (("Base (Pretrain)", "base"), ("SFT", "sft"))],
-        "table4": [{"model": "m", "variant": "Full SLIME", "run": "v0",
-                    "results": {"offline": dump("v0.json", _offline(0.5, -1.0))}}],
-        "table5": [{"model": "m", "p": 2.5, "default": True, "run": "p",
-                    "results": {"offline": dump("p.json", _offline(0.6, -1.1))}}],
+        "tables": [make_table("table3", "methods", [row("Base (Pretrain)", "base", "base", 0.6, -1.0),
+                                                    row("SFT", "sft", "sft", 0.6, -1.0)]),
+                   make_table("table4", "ablations", [row("Full SLIME", "reference", "v0", 0.5, -1.0)], "slime"),
+                   make_table("table5", "sweep", [row("2.5", "reference", "p", 0.6, -1.1, value=2.5)], "slime", "p")],
         "training_curves": [{"model": "m", "model_label": "M", "label": "DPO",
                              "metrics": _metrics_file(tmp_path / "runs" / "metrics.jsonl", -0.01)}],
     }

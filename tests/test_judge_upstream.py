@@ -139,13 +139,14 @@ def test_tables_footnote_failed_judgments_and_show_a_dash_when_all_failed(tmp_pa
                                                  "n_failed": 4, "judge_model": "j", "model_id": "m-slime"})
     sc = _write(tmp_path / "sc.json", {"models": {"m-sft": {"score": 55.5, "ci_low": -3.0, "ci_high": 3.0},
                                                   "m-slime": {"score": None, "ci_low": None, "ci_high": None}}})
-    manifest = {"judge": "j", "not_run": {},
-                "table3": [{"model": "m", "model_label": "M", "method_label": "SFT", "run": "sft",
-                            "results": {"mt_bench": mt_half, "arena_hard": ah_ok, "arena_hard_style_control": sc}},
-                           {"model": "m", "model_label": "M", "method_label": "+ SLIME (ours)", "run": "slime",
-                            "results": {"mt_bench": mt_none, "arena_hard": ah_none,
-                                        "arena_hard_style_control": sc}}],
-                "table4": [], "table5": []}
+    sft = {"mt_bench": mt_half, "arena_hard": ah_ok, "arena_hard_style_control": sc}
+    slime = {"mt_bench": mt_none, "arena_hard": ah_none, "arena_hard_style_control": sc}
+    manifest = {"judge": "j", "not_run": {}, "tables": [{
+        "name": "table3", "kind": "methods", "method": None, "parameter": None, "rows": [
+            {"model": "m", "model_label": "M", "label": "SFT", "role": "sft", "value": None, "run": "sft",
+             "results": sft, "runs": ["sft"], "seed_results": [sft]},
+            {"model": "m", "model_label": "M", "label": "+ SLIME (ours)", "role": "reference", "value": None,
+             "run": "slime", "results": slime, "runs": ["slime"], "seed_results": [slime]}]}]}
     table = tables.build_table(manifest, "table3")
     markdown, csv_text = tables.render_markdown(table), tables.render_csv(table)
     sft_line = next(line for line in markdown.splitlines() if "| SFT |" in line)

@@ -16,6 +16,7 @@ from prefopt.evaluation.offline import summarize_offline
 from prefopt.tables import (ITEMS_DIFFER, NO_EXAMPLES, NO_FLOOR_TOKENS, build_table, examples_path,
                             paired_comparisons, render_comparisons_markdown, render_csv, render_latex,
                             render_markdown, write_tables)
+from test_tables import ROLES, make_row, make_table, rows
 
 N_PAIRS, N_PROMPTS = 40, 30
 SETTINGS = {"n_resamples": 1000, "seed": 0}
@@ -134,22 +135,22 @@ def manifest(tmp_path):
     dpo_correct[[0, 1]] = [False, True]  # one lost, one gained: no change
     slime_seeds = [_run(root, f"slime-s{seed}", 0.05 + 0.01 * seed + np.random.default_rng(seed).normal(0, 0.01, N_PAIRS),
                         0.5, slime_correct, seed) for seed in range(3)]
-    rows = [("Base (Pretrain)", "base", [_run(root, "base", -0.5, -1.0, SFT_CORRECT & False)]),
+    specs = [("Base (Pretrain)", "base", [_run(root, "base", -0.5, -1.0, SFT_CORRECT & False)]),
             ("SFT", "sft", [_run(root, "sft", 0.0, 0.0, SFT_CORRECT)]),
             ("+ DPO", "dpo-s0", [_run(root, "dpo-s0", ALTERNATING, -0.5, dpo_correct)]),
             ("+ SLIME (ours)", "slime-s0", slime_seeds)]
-    table3 = [{"model": "tiny", "model_label": "Tiny", "method_label": label, "run": run, "results": seeds[0],
-               "runs": [run] if len(seeds) == 1 else [f"slime-s{seed}" for seed in range(3)], "seed_results": seeds}
-              for label, run, seeds in rows]
+    table3 = [make_row("tiny", "Tiny", label, ROLES.get(label, "row"), seeds[0], run=run, seed_results=seeds,
+                       runs=[run] if len(seeds) == 1 else [f"slime-s{seed}" for seed in range(3)])
+              for label, run, seeds in specs]
     no_rejected = _run(root, "norej", 0.04, -2.0, slime_correct, with_tokens=False)
-    table4 = [{"model": "tiny", "variant": "Full SLIME", "run": "slime-s0", "results": slime_seeds[0],
-               "runs": ["slime-s0", "slime-s1", "slime-s2"], "seed_results": slime_seeds},
-              {"model": "tiny", "variant": "w/o rejected term", "run": "norej", "results": no_rejected,
-               "runs": ["norej"], "seed_results": [no_rejected]}]
-    table5 = [{"model": "tiny", "p": 2.5, "default": True, "run": "slime-s0", "results": slime_seeds[0],
-               "runs": ["slime-s0"], "seed_results": slime_seeds[:1]}]
-    return {"judge": None, "table3": table3, "table4": table4, "table5": table5,
-            "not_run": {"mt_bench": "no judge configured", "arena_hard": "no judge configured"}}
+    table4 = [make_row("tiny", "Tiny", "Full SLIME", "reference", slime_seeds[0], run="slime-s0",
+                       runs=["slime-s0", "slime-s1", "slime-s2"], seed_results=slime_seeds),
+              make_row("tiny", "Tiny", "w/o rejected term", "row", no_rejected, run="norej")]
+    table5 = [make_row("tiny", "Tiny", "2.5", "reference", slime_seeds[0], value=2.5, run="slime-s0",
+                       seed_results=slime_seeds[:1])]
+    return {"judge": None, "not_run": {"mt_bench": "no judge configured", "arena_hard": "no judge configured"},
+            "tables": [make_table("table3", "methods", table3), make_table("table4", "ablations", table4, "slime"),
+                       make_table("table5", "sweep", table5, "slime", "p")]}
 
 
 def _examples(path: str) -> list[dict]:
@@ -177,7 +178,7 @@ def test_one_seed_rows_keep_their_shape_and_result_file_cis(manifest):
     sft, dpo = records[1], records[2]
     assert sft["n_seeds"] == dpo["n_seeds"] == "1" and dpo["delta_chosen_logp_vs_sft_seed_sd"] == ""
     # Recomputed from the per-example file, one seed's CIs equal the result file's (same resamples).
-    result = json.loads(Path(manifest["table3"][2]["results"]["offline"]).read_text())
+    result = json.loads(Path(rows(manifest, "table3")[2]["results"]["offline"]).read_text())
     for key in ("preference_accuracy", "margin_mean", "chosen_logp_mean"):
         assert [float(dpo[f"{key}_ci_low"]), float(dpo[f"{key}_ci_high"])] == result["ci"][key]
     # DPO's chosen log-probs moved by ±0.02 around zero: Δ ≈ 0 with a CI across zero, no mark.
@@ -198,7 +199,7 @@ def test_one_seed_rows_keep_their_shape_and_result_file_cis(manifest):
 def test_rejected_floor_ci_pools_the_tokens_of_resampled_pairs(manifest):
     table = build_table(manifest, "table3")
     dpo = list(csv.DictReader(render_csv(table).splitlines()))[2]
-    tokens = [record["rejected_token_logps"] for record in _examples(manifest["table3"][2]["results"]["offline"])]
+    tokens = [record["rejected_token_logps"] for record in _examples(rows(manifest, "table3")[2]["results"]["offline"])]
     expected = item_bootstrap_ci(PooledQuantile(tokens, 0.01), n_items=N_PAIRS, **SETTINGS)
     assert (float(dpo["rejected_token_logp_floor_ci_low"]), float(dpo["rejected_token_logp_floor_ci_high"])) \
         == pytest.approx(expected)
@@ -214,8 +215,8 @@ def test_seeds_give_mean_sd_and_seed_averaged_paired_cis(manifest):
     table = build_table(manifest, "table3")
     records = list(csv.DictReader(render_csv(table).splitlines()))
     slime = records[3]
-    seeds = manifest["table3"][3]["seed_results"]
-    sft = manifest["table3"][1]["seed_results"]
+    seeds = rows(manifest, "table3")[3]["seed_results"]
+    sft = rows(manifest, "table3")[1]["seed_results"]
     per_seed_delta = [json.loads(Path(results["offline"]).read_text())["metrics"]["chosen_logp_mean"]
                       - json.loads(Path(sft[0]["offline"]).read_text())["metrics"]["chosen_logp_mean"]
                       for results in seeds]
@@ -261,7 +262,7 @@ def test_tables_4_and_5_use_the_same_references_and_note_missing_token_lists(man
 
 
 def test_without_examples_files_the_cells_keep_result_cis_and_say_so(manifest):
-    for entry in manifest["table3"]:
+    for entry in rows(manifest, "table3"):
         for results in entry["seed_results"]:
             for path in results.values():
                 Path(examples_path(path)).unlink(missing_ok=True)
@@ -276,7 +277,7 @@ def test_without_examples_files_the_cells_keep_result_cis_and_say_so(manifest):
 
 
 def test_items_that_differ_from_the_sft_rows_get_no_paired_ci(manifest):
-    path = manifest["table3"][2]["results"]["offline"]
+    path = rows(manifest, "table3")[2]["results"]["offline"]
     records = _examples(path)
     records[5]["prompt_id"] = "elsewhere"
     Path(examples_path(path)).write_text("".join(json.dumps(record) + "\n" for record in records))
@@ -292,8 +293,8 @@ def test_paired_comparisons_between_methods_ablations_and_p(manifest, tmp_path):
     assert all(c["reference"] == "+ SLIME (ours)" for c in comparisons if c["table"] == "table3")
     assert not any(c["row"] == "Base (Pretrain)" for c in comparisons)  # the base model is not compared
     dpo = by[("table3", "+ DPO", "chosen_logp_mean")]
-    seeds = manifest["table3"][3]["seed_results"]
-    dpo_results = manifest["table3"][2]["seed_results"]
+    seeds = rows(manifest, "table3")[3]["seed_results"]
+    dpo_results = rows(manifest, "table3")[2]["seed_results"]
     expected = paired_bootstrap_ci_over_seeds(_field(dpo_results, "offline", "chosen_logp_mean"),
                                               _field(seeds, "offline", "chosen_logp_mean"), **SETTINGS)
     assert (dpo["ci_low"], dpo["ci_high"]) == pytest.approx(expected)
@@ -314,3 +315,87 @@ def test_paired_comparisons_between_methods_ablations_and_p(manifest, tmp_path):
     assert "| 3 | Tiny | + DPO | + SLIME (ours) | chosen_logp_mean | -0.05" in text and "-0.0000" not in text
     names = sorted(path.name for path in write_tables(manifest, tmp_path / "tables"))
     assert "comparisons.csv" in names and "comparisons.md" in names
+
+
+# ------------------------------------------------------------------------------------------ sweeps
+
+
+@pytest.fixture()
+def two_sweeps(manifest, tmp_path):
+    """The manifest with SLIME's p sweep (Table 5: 1.5 and the default 2.5) and its delta sweep (0.5 and the
+    default 1.25); both defaults are the main SLIME run (three seeds), as the plan makes them."""
+    root = tmp_path / "results" / "tiny" / "eval"
+    slime_seeds = rows(manifest, "table3")[3]["seed_results"]
+    p_low = _run(root, "p1.5", 0.02, 0.2, SFT_CORRECT)
+    delta_low = _run(root, "delta0.5", -0.1, -0.3, SFT_CORRECT | (np.arange(N_PROMPTS) % 5 == 1))
+    main = {"run": "slime-s0", "runs": ["slime-s0", "slime-s1", "slime-s2"], "seed_results": slime_seeds}
+    table5 = [make_row("tiny", "Tiny", "1.5", "row", p_low, value=1.5, run="p1.5"),
+              make_row("tiny", "Tiny", "2.5", "reference", slime_seeds[0], value=2.5, **main)]
+    delta = [make_row("tiny", "Tiny", "0.5", "row", delta_low, value=0.5, run="delta0.5"),
+             make_row("tiny", "Tiny", "1.25", "reference", slime_seeds[0], value=1.25, **main)]
+    manifest["tables"] = manifest["tables"][:2] + [make_table("table5", "sweep", table5, "slime", "p"),
+                                                   make_table("sweep_delta", "sweep", delta, "slime", "delta")]
+    return manifest
+
+
+def test_each_sweep_is_a_table_like_table5_with_cis_against_sft(two_sweeps):
+    table5, delta = build_table(two_sweeps, "table5"), build_table(two_sweeps, "sweep_delta")
+    assert table5.label_headers == ["Exponent p"] and delta.label_headers == ["delta"]
+    assert [column.key for column in delta.columns] == [column.key for column in table5.columns]
+    assert table5.caption.startswith("Effect of the stabilizing loss exponent p on SLIME performance (base model: Tiny).")
+    assert delta.caption.startswith("Effect of the hyperparameter delta on SLIME performance (base model: Tiny).")
+    markdown = render_markdown(delta)
+    assert markdown.startswith("**SLIME delta sweep.** Effect of the hyperparameter delta")
+    header, body = _md(delta)
+    assert header[0] == "delta" and [row[0] for row in body] == ["0.5", "1.25 (default)"]
+    assert [row[0] for row in _md(table5)[1]] == ["1.5", "2.5 (default)"]
+    # Best / second per column as in Table 5: the default (chosen +0.06) beats delta=0.5 (chosen -0.1).
+    assert body[1][header.index("Δ chosen logp vs SFT ↑")].startswith("**+0.06")
+    assert body[0][header.index("Δ chosen logp vs SFT ↑")].startswith("<u>-0.100</u>†")
+    records = list(csv.DictReader(render_csv(delta).splitlines()))
+    assert list(records[0])[:3] == ["model", "delta", "default"]
+    assert [(r["delta"], r["default"], r["n_seeds"]) for r in records] == [("0.5", "False", "1"), ("1.25", "True", "3")]
+    low_row = records[0]
+    # Every offline cell has its CI over pairs, the difference from SFT its paired CI.
+    for key in ("preference_accuracy", "margin_mean", "rejected_token_logp_floor", "chosen_token_entropy_mean",
+                "demo_accuracy"):
+        assert float(low_row[f"{key}_ci_low"]) <= float(low_row[key]) <= float(low_row[f"{key}_ci_high"])
+    sft = rows(two_sweeps, "table3")[1]["seed_results"]
+    expected = paired_bootstrap_ci_over_seeds(_field([rows(two_sweeps, "sweep_delta")[0]["results"]], "offline",
+                                                     "chosen_logp_mean"), _field(sft, "offline", "chosen_logp_mean"),
+                                              **SETTINGS)
+    assert (float(low_row["delta_chosen_logp_vs_sft_ci_low"]), float(low_row["delta_chosen_logp_vs_sft_ci_high"])) \
+        == pytest.approx(expected)
+    assert low_row["delta_chosen_logp_vs_sft_ci_excludes_zero"] == "True"
+    assert float(low_row["demo_accuracy_vs_sft"]) == pytest.approx(4 / 30)  # prompts 1, 11, 16, 26 gained
+
+
+def test_each_sweep_is_compared_with_its_default_value(two_sweeps, tmp_path):
+    comparisons = paired_comparisons(two_sweeps)
+    by = {(c["table"], c["row"], c["metric"]): c for c in comparisons}
+    slime_seeds = rows(two_sweeps, "table3")[3]["seed_results"]
+    for name, row, reference in (("table5", "1.5", "2.5 (default)"), ("sweep_delta", "0.5", "1.25 (default)")):
+        sweep_rows = [c for c in comparisons if c["table"] == name]
+        assert {c["row"] for c in sweep_rows} == {row} and {c["reference"] for c in sweep_rows} == {reference}
+        assert {c["metric"] for c in sweep_rows} == {"chosen_logp_mean", "rejected_logp_mean", "margin_mean",
+                                                     "preference_accuracy", "rejected_token_logp_floor",
+                                                     "demo_accuracy"}
+        assert all(c["n_seeds"] == 1 and c["n_seeds_reference"] == 3 and c["n_items"] > 0 for c in sweep_rows)
+    chosen = by[("sweep_delta", "0.5", "chosen_logp_mean")]
+    seed_results = [rows(two_sweeps, "sweep_delta")[0]["results"]]
+    expected = paired_bootstrap_ci_over_seeds(_field(seed_results, "offline", "chosen_logp_mean"),
+                                              _field(slime_seeds, "offline", "chosen_logp_mean"), **SETTINGS)
+    assert (chosen["ci_low"], chosen["ci_high"]) == pytest.approx(expected)
+    run, reference = _field(seed_results, "offline", "chosen_logp_mean"), _field(slime_seeds, "offline", "chosen_logp_mean")
+    assert chosen["difference"] == pytest.approx(run.mean(axis=0).mean() - reference.mean(axis=0).mean())
+    assert chosen["difference"] == pytest.approx(-0.16, abs=0.01) and chosen["ci_excludes_zero"] is True
+    demo = by[("sweep_delta", "0.5", "demo_accuracy")]
+    assert demo["difference"] == pytest.approx((14 - 20) / 30) and demo["n_items"] == N_PROMPTS  # 14 vs 20 right
+    text = render_comparisons_markdown(comparisons)
+    assert "| sweep_delta | Tiny | 0.5 | 1.25 (default) | chosen_logp_mean | -0.1" in text
+    assert "| 5 | Tiny | 1.5 | 2.5 (default) | chosen_logp_mean |" in text
+    names = sorted(path.name for path in write_tables(two_sweeps, tmp_path / "tables"))
+    assert names == sorted([f"{name}.{ext}" for name in ("table3", "table4", "table5", "sweep_delta")
+                            for ext in ("csv", "md", "tex")] + ["comparisons.csv", "comparisons.md"])
+    written = list(csv.DictReader((tmp_path / "tables" / "comparisons.csv").read_text().splitlines()))
+    assert {r["table"] for r in written} == {"table3", "table4", "table5", "sweep_delta"}

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from prefopt.tables import build_table, render_csv, render_latex, render_markdown, write_tables
+from prefopt.tables import (build_table, load_manifest, paired_comparisons, render_csv, render_latex, render_markdown,
+                            write_tables)
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ["Base (Pretrain)", "SFT", "+ DPO", "+ SimPO", "+ SLIME (ours)", "+ StaPO"]
@@ -51,6 +52,31 @@ OFFLINE_B = [(0.55, 0.02, -2.0), (0.58, 0.05, -1.5), (0.60, 0.20, -1.6),
 DEMO_B = [(0.1, 0.0, 0.3), (0.4, 0.2, 0.6), (0.5, 0.3, 0.7), (0.3, 0.1, 0.5), (0.667, 0.333, 1.0), (0.5, 0.3, 0.7)]
 
 
+ROLES = {"Base (Pretrain)": "base", "SFT": "sft", "+ SLIME (ours)": "reference"}  # prefopt.plan.make_plan's
+
+
+def make_row(model, model_label, label, role, results, *, value=None, run=None, runs=None, seed_results=None):
+    """One manifest row as prefopt.plan.table_manifest writes it."""
+    seed_results = seed_results or [results]
+    run = run or label
+    return {"model": model, "model_label": model_label, "label": label, "role": role, "value": value, "run": run,
+            "results": results, "runs": runs or [run], "seed_results": seed_results}
+
+
+def make_table(name, kind, rows, method=None, parameter=None):
+    """One manifest table as prefopt.plan.table_manifest writes it."""
+    table = {"name": name, "kind": kind, "method": method, "parameter": parameter, "rows": rows}
+    if method is not None:
+        table["method_label"] = {"slime": "SLIME", "simpo": "SimPO"}[method]
+    return table
+
+
+def sweep_rows(model, model_label, values, default, results):
+    """A sweep's rows (sorted values, the default's role "reference"); `results(value)` gives each row's files."""
+    return [make_row(model, model_label, f"{value:g}", "reference" if value == default else "row", results(value),
+                     value=value, run=f"{model}-{value}") for value in sorted(values)]
+
+
 @pytest.fixture()
 def manifest(tmp_path):
     table3 = []
@@ -63,23 +89,26 @@ def manifest(tmp_path):
             results["arena_hard"] = _dump(tmp_path / "a" / run / "arena.json", {
                 "score": ARENA_A[i], "ci_low": -1.0, "ci_high": 1.2, "n_valid": 500, "n_failed": 0,
                 "judge_model": "gpt-4o-mini"})
-        table3.append({"model": "llama", "model_label": "Llama3.2-3B", "method_label": method, "run": run,
-                       "results": results})
+        table3.append(make_row("llama", "Llama3.2-3B", method, ROLES.get(method, "row"), results, run=run))
     for i, (method, run) in enumerate(zip(METHODS, RUNS)):
-        table3.append({"model": "smollm2", "model_label": "SmolLM2-135M", "method_label": method, "run": run,
-                       "results": {"offline": _dump(tmp_path / "b" / run / "offline.json", _offline(*OFFLINE_B[i])),
-                                   "demo_generation": _dump(tmp_path / "b" / run / "demo.json", _demo(*DEMO_B[i]))}})
+        table3.append(make_row("smollm2", "SmolLM2-135M", method, ROLES.get(method, "row"), run=run, results={
+            "offline": _dump(tmp_path / "b" / run / "offline.json", _offline(*OFFLINE_B[i])),
+            "demo_generation": _dump(tmp_path / "b" / run / "demo.json", _demo(*DEMO_B[i]))}))
     variants = [("Full SLIME", 0.72), ("w/o chosen term", 0.74), ("w/o rejected term", 0.74),
                 ("w/o soft distance margin", 0.70), ("w/o hard margin", 0.60)]
-    table4 = [{"model": "smollm2", "variant": name, "run": f"abl-{i}",
-               "results": {"offline": _dump(tmp_path / "t4" / f"{i}.json", _offline(acc, 0.3, -1.4 - i / 10))}}
+    table4 = [make_row("smollm2", "SmolLM2-135M", name, "reference" if i == 0 else "row", run=f"abl-{i}",
+                       results={"offline": _dump(tmp_path / "t4" / f"{i}.json", _offline(acc, 0.3, -1.4 - i / 10))})
               for i, (name, acc) in enumerate(variants)]
-    ps = [1.0, 1.5, 2.0, 2.5, 3.0]
-    table5 = [{"model": "smollm2", "p": p, "default": p == 2.5, "run": f"p-{p}",
-               "results": {"offline": _dump(tmp_path / "t5" / f"{p}.json", _offline(0.6 + p / 100, 0.3, -1.5))}}
-              for p in ps]
-    return {"judge": None, "table3": table3, "table4": table4, "table5": table5,
-            "not_run": {"arena_hard": NOT_RUN["arena_hard"]}}
+    table5 = sweep_rows("smollm2", "SmolLM2-135M", [1.0, 1.5, 2.0, 2.5, 3.0], 2.5, lambda p: {
+        "offline": _dump(tmp_path / "t5" / f"{p}.json", _offline(0.6 + p / 100, 0.3, -1.5))})
+    return {"judge": None, "not_run": {"arena_hard": NOT_RUN["arena_hard"]},
+            "tables": [make_table("table3", "methods", table3), make_table("table4", "ablations", table4, "slime"),
+                       make_table("table5", "sweep", table5, "slime", "p")]}
+
+
+def rows(manifest, name):
+    """The rows of the manifest's table `name` (to edit them in a test)."""
+    return next(table for table in manifest["tables"] if table["name"] == name)["rows"]
 
 
 def _md_rows(text):
@@ -166,12 +195,19 @@ def test_table4_and_table5_labels_ranking_and_reference(manifest):
     # Δ vs SFT comes from the same model's SFT row in Table 3 (chosen -1.5).
     delta = header.index("Δ chosen logp vs SFT ↑")
     assert body[0][delta] == "**+0.100**"
-    assert "SmolLM2-135M" in table4.caption
+    assert table4.caption.startswith("Ablation results for individual components of the SLIME loss "
+                                     "(base model: SmolLM2-135M).")
+    assert render_markdown(table4).startswith("**Table 4.** Ablation results")
     table5 = build_table(manifest, "table5")
     header, body = _md_rows(render_markdown(table5))
+    assert header[0] == "Exponent p"
     assert [row[0] for row in body] == ["1.0", "1.5", "2.0", "2.5 (default)", "3.0"]
     assert body[4][header.index("Pref. acc. (%) ↑")] == "**63.0** [58.0, 68.0]"
     assert "Exponent p" in render_latex(table5)
+    # The paper's caption of Table 5.
+    assert table5.caption.startswith("Effect of the stabilizing loss exponent p on SLIME performance "
+                                     "(base model: SmolLM2-135M).")
+    assert render_markdown(table5).startswith("**Table 5.** Effect of the stabilizing loss exponent p")
     records = list(csv.DictReader(render_csv(table5).splitlines()))
     assert [float(r["p"]) for r in records] == [1.0, 1.5, 2.0, 2.5, 3.0]
     assert [r["default"] for r in records].count("True") == 1
@@ -186,7 +222,7 @@ def test_judge_from_manifest_and_missing_reason_without_not_run(manifest):
 
 
 def test_missing_result_file_names_the_row(manifest, tmp_path):
-    manifest["table4"][2]["results"]["offline"] = str(tmp_path / "nope.json")
+    rows(manifest, "table4")[2]["results"]["offline"] = str(tmp_path / "nope.json")  # also its seed_results[0]
     with pytest.raises(FileNotFoundError, match="table4 row 2"):
         build_table(manifest, "table4")
 
@@ -207,10 +243,37 @@ def test_make_tables_script_writes_nine_files(manifest, tmp_path):
 
 
 def test_a_table_without_rows_renders(tmp_path):
-    """A config without ablations has empty Tables 4 and 5: they are written, never a crash."""
-    from prefopt.tables import build_table, render_csv, render_latex, render_markdown
-
-    for name in ("table4", "table5"):
-        table = build_table({"table3": [], "table4": [], "table5": [], "not_run": {}}, name)
-        assert table.rows == [] and "Table" in render_markdown(table)
+    """A table whose plan gave it no rows is written, never a crash."""
+    manifest = {"not_run": {}, "tables": [make_table("table4", "ablations", [], "slime"),
+                                          make_table("sweep_delta", "sweep", [], "slime", "delta")]}
+    for name in ("table4", "sweep_delta"):
+        table = build_table(manifest, name)
+        assert table.rows == [] and render_markdown(table).startswith("**")
         render_csv(table), render_latex(table)
+    assert build_table(manifest, "sweep_delta").label_headers == ["delta"]
+
+
+def test_roles_not_labels_decide_ranking_and_references(manifest):
+    """A row is the base, SFT or reference row by its role; its label text is only shown."""
+    llama = rows(manifest, "table3")[:6]
+    for row, label in zip(llama, ["Pretrained", "Supervised", "+ A", "+ B", "+ C", "+ D"]):
+        row["label"] = label
+    table = build_table(manifest, "table3")
+    header, body = _md_rows(render_markdown(table))
+    mt = header.index("MT-Bench ↑")
+    assert [row[mt] for row in body[:6]] == ["6.00", "4.56", "**5.49**", "<u>4.92</u>", "**5.49**", "4.10"]
+    delta = header.index("Δ chosen logp vs SFT ↑")
+    assert body[1][1] == "Supervised" and body[1][delta] == "<u>+0.000</u>"  # still the SFT row
+    rows(manifest, "table4")[0]["label"] = "All terms"
+    comparisons = paired_comparisons(manifest)  # no per-example files here: nothing to compare ...
+    assert comparisons == []
+    assert [row.role for row in build_table(manifest, "table4").rows] == ["reference"] + ["row"] * 4
+
+
+def test_unknown_table_and_a_manifest_of_the_old_shape_are_errors(manifest, tmp_path):
+    with pytest.raises(KeyError, match="unknown table 'table6'"):
+        build_table(manifest, "table6")
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"table3": [], "table4": [], "table5": []}))
+    with pytest.raises(KeyError, match="no 'tables' list"):
+        load_manifest(old)

@@ -1,4 +1,4 @@
-"""Write the PNG figures (probe trajectories and training curves per model, Table 4/5 bars) from the DAG's manifest.
+"""Write the PNG figures (probe trajectories and training curves per model, Table 4 bars, one per sweep) from the DAG's manifest.
 
     python workflow/scripts/make_figures.py --manifest results/figures_manifest.json --out-dir results/figures
 """
