@@ -1,4 +1,6 @@
-"""The command line shared by the training scripts (workflow/scripts/sft.py and align.py)."""
+"""The command line shared by the training scripts (workflow/scripts/sft.py and align.py).
+
+Imports point down: cli -> job -> trainer / sft -> losses; prefopt.run_config (no torch) is read by all."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import json
 import logging
 import os
 import sys
-from typing import Callable
 
 # Exit codes a scheduler can tell apart: a config or GPU shortfall, or a non-finite step, repeats on a retry.
 EXIT_CANNOT_SUCCEED = 2
@@ -40,31 +41,31 @@ def setup_logging() -> None:
                         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
 
 
-def training_main(name: str, args: argparse.Namespace, load_stage: Callable) -> int:
-    """Check the run config and GPUs, set threads, run the job (prefopt.job); one-line errors for
-    what a retry cannot fix. `load_stage` imports the trainer only when needed."""
+def training_main(name: str, args: argparse.Namespace) -> int:
+    """Check the run config and GPUs, set threads, run the job (prefopt.job) of stage `name` ("sft" or
+    "align"); one-line errors for what a retry cannot fix. The trainer is imported only when needed."""
     setup_logging()
     log = logging.getLogger(name)
     from prefopt.guards import NonFiniteStepError
-    from prefopt.run_config import MissingGPUsError, RunConfigError, check_devices, load_run_config, set_torch_threads
-
     from prefopt.objectives import ObjectiveError, import_source
+    from prefopt.run_config import RunConfig, RunConfigError
+    from prefopt.training_args import MissingGPUsError, check_devices, set_torch_threads
 
     threads = set_torch_threads(args.threads)
     try:
         if args.objective_source:
             import_source(args.objective_source)  # registers the config's own objectives
-        run_config = load_run_config(args.run_config)
+        run_config = RunConfig.load(args.run_config)
         check_devices(run_config, args.require_gpus)
     except (RunConfigError, MissingGPUsError, ObjectiveError) as error:
         log.error("%s", error)  # one clear line instead of a traceback
         return EXIT_CANNOT_SUCCEED
-    log.info("method %s, loss_kwargs %s, %d torch threads per process", run_config["method"],
-             json.dumps(run_config["loss_kwargs"]), threads)
-    from prefopt.job import run_job
+    log.info("method %s, loss_kwargs %s, %d torch threads per process", run_config.method,
+             json.dumps(dict(run_config.loss_kwargs)), threads)
+    from prefopt.job import STAGES, run_job
 
     try:
-        summary = run_job(load_stage(), run_config, model_dir=args.model, train_path=args.train, out_dir=args.out,
+        summary = run_job(STAGES[name](), run_config, model_dir=args.model, train_path=args.train, out_dir=args.out,
                           checkpoint_dir=args.checkpoint_dir, eval_path=args.eval, probe_path=args.probe_rows,
                           objective_source=args.objective_source)
     except NonFiniteStepError as error:

@@ -1,6 +1,10 @@
 """The training job SFT and alignment share: set-up, run identity, resume, train, atomic publish, summary.
 
-    summary = run_job(stage, run_config, model_dir=..., train_path=..., out_dir=..., checkpoint_dir=...)
+    run_config = RunConfig.load("results/smollm2/runs/slime-1a2b.json")
+    summary = run_job(preference_stage(), run_config, model_dir=..., train_path=..., out_dir=..., checkpoint_dir=...)
+
+The job sits above both trainers: `preference_stage()` (prefopt.trainer) and `sft_stage()` (prefopt.sft)
+import them when called, and neither trainer imports this module.
 
 A job's *identity* is a hash of its complete run config and of the content of every input it
 reads (the starting model directory, the training and held-out rows). It is recorded in every
@@ -22,24 +26,32 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from prefopt.checkpoints import (  # noqa: F401 - IDENTITY_FILE, TRAINER_STATE_NAME: the job's checkpoint files
+    IDENTITY_FILE,
+    PUBLISHED_FILE,
+    TRAINER_STATE_NAME,
+    MetricsFileCallback,
+    checkpoint_identity,
+    identity_record,
+    prepare_metrics_file,
+    read_metric_records,
+    select_checkpoint,
+)
 from prefopt.io import read_jsonl, write_json, write_jsonl
-from prefopt.trainer import TRAINER_STATE_NAME, prepare_metrics_file, read_metric_records
+from prefopt.run_config import RunConfig
 
 logger = logging.getLogger(__name__)
 
-IDENTITY_FILE = "prefopt_identity.json"
-PUBLISHED_FILE = "published.json"  # in a checkpoint folder kept after publishing: nothing there is resumable
 # Set to 1 to keep a published job's checkpoints for inspection (tests, debugging); they are marked
 # published, so no later job resumes them.
 KEEP_CHECKPOINTS_ENV = "PREFOPT_KEEP_CHECKPOINTS"
-CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
 
 
 # ------------------------------------------------------------------------------------------- identity
@@ -67,43 +79,18 @@ def content_identity(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def job_identity(run_config: dict, inputs: dict[str, str | os.PathLike | None]) -> dict:
-    """`{"id", "run_config", "inputs"}`: the hash of the complete settings and of every input's content."""
+def job_identity(run_config: RunConfig | Mapping, inputs: dict[str, str | os.PathLike | None]) -> dict:
+    """`{"id", "run_config", "inputs"}`: the hash of the complete settings and of every input's content.
+
+    `run_config` is a RunConfig or the run-config dict it was read from: both hash the same JSON text."""
+    settings = run_config.to_dict() if isinstance(run_config, RunConfig) else run_config
     parts = {
-        "run_config": hashlib.sha256(json.dumps(run_config, sort_keys=True).encode()).hexdigest(),
+        "run_config": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest(),
         "inputs": {name: content_identity(path) for name, path in sorted(inputs.items()) if path is not None},
         # The precision the job trains in (an `auto` run config is resolved on the job's node first).
-        "precision": run_config["training"]["precision"],
+        "precision": settings["training"]["precision"],
     }
     return {"id": hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16], **parts}
-
-
-def _identity_record(checkpoint: Path) -> dict:
-    try:
-        record = json.loads((checkpoint / IDENTITY_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def checkpoint_identity(checkpoint: Path) -> str | None:
-    return _identity_record(checkpoint).get("id")
-
-
-def select_checkpoint(checkpoint_dir: str | os.PathLike, identity_id: str) -> tuple[Path | None, list[Path]]:
-    """(the newest complete checkpoint of this identity, the checkpoints to remove). Reads only.
-
-    Complete means Trainer wrote its state (it writes it last); a checkpoint without this job's
-    identity, or incomplete, is never resumed.
-    """
-    folder = Path(checkpoint_dir)
-    published = (folder / PUBLISHED_FILE).exists()
-    found = sorted(((int(m.group(1)), p) for p in folder.glob("checkpoint-*")
-                    if p.is_dir() and (m := CHECKPOINT_PATTERN.fullmatch(p.name))), reverse=True)
-    own_complete = [] if published else [
-        p for _, p in found if checkpoint_identity(p) == identity_id and (p / TRAINER_STATE_NAME).exists()]
-    resume = own_complete[0] if own_complete else None
-    return resume, [p for _, p in found if p not in own_complete]
 
 
 def clear_checkpoints(checkpoint_dir: Path, resume: Path | None, stale: list[Path], identity_id: str,
@@ -115,7 +102,7 @@ def clear_checkpoints(checkpoint_dir: Path, resume: Path | None, stale: list[Pat
                        len(stale), identity_id, ", ".join(p.name for p in stale), ", ".join(others))
         if precision is not None:
             for path in stale:
-                made_in = _identity_record(path).get("precision")
+                made_in = identity_record(path).get("precision")
                 if made_in is not None and made_in != precision:
                     logger.warning("%s was trained in %s; this job trains in %s, so it starts from step 0 instead "
                                    "of switching precision mid-run", path.name, made_in, precision)
@@ -146,7 +133,7 @@ def identity_callback(identity: dict):
 class Stage:
     """What differs between SFT and alignment; everything else is `run_job`.
 
-    build(run_config, model_dir, tokenizer, precision, train_rows, eval_rows, checkpoint_dir, metrics_path) -> trainer
+    build(run_config, model_dir, tokenizer, train_rows, eval_rows, checkpoint_dir) -> trainer
     save(trainer, staging, run_config, tokenizer, model_dir) -> weights folder name (every rank calls it)
     summary(trainer) -> stage-specific summary fields (main process)
     """
@@ -157,14 +144,32 @@ class Stage:
     summary: Callable
 
 
-def prepare_rows(run_config: dict, tokenizer, train_rows: list[dict], eval_rows: list[dict] | None, *, caller: str):
+def preference_stage() -> Stage:
+    """The alignment stage (prefopt.trainer): load, LoRA, PreferenceTrainer; save the adapter."""
+    from prefopt.trainer import build_preference_trainer, preference_summary, save_preference_weights
+
+    return Stage("align", build_preference_trainer, save_preference_weights, preference_summary)
+
+
+def sft_stage() -> Stage:
+    """The SFT stage (prefopt.sft): load, LoRA, TRL's SFTTrainer; save the merged model."""
+    from prefopt.sft import build_sft_trainer, save_sft_model, sft_summary
+
+    return Stage("sft", build_sft_trainer, save_sft_model, sft_summary)
+
+
+STAGES = {"align": preference_stage, "sft": sft_stage}
+
+
+def prepare_rows(run_config: RunConfig, tokenizer, train_rows: list[dict], eval_rows: list[dict] | None, *,
+                 caller: str):
     """Validated rows: bad training rows follow `data.on_bad_rows`, bad held-out rows are dropped."""
     from prefopt.data import validate_rows
 
-    training = run_config["training"]
-    limits = {"tokenizer": tokenizer, "max_prompt_length": training["max_prompt_length"],
-              "max_length": training["max_length"]}
-    good_rows, data_report = validate_rows(train_rows, **limits, on_bad=run_config["data"]["on_bad_rows"])
+    training = run_config.training
+    limits = {"tokenizer": tokenizer, "max_prompt_length": training.max_prompt_length,
+              "max_length": training.max_length}
+    good_rows, data_report = validate_rows(train_rows, **limits, on_bad=run_config.data.on_bad_rows)
     if not good_rows:
         raise ValueError(f"{caller}: no usable training rows ({data_report['counts']})")
     if eval_rows:
@@ -188,27 +193,30 @@ def finite_or_none(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def resolve_job_precision(run_config: dict) -> dict:
+def resolve_job_precision(run_config: RunConfig | Mapping) -> RunConfig | dict:
     """The run config with `training.precision: auto` resolved on this node (prefopt.precision): the job's
-    identity, checkpoints and summary then carry the precision it actually trains in."""
-    training = run_config["training"]
-    if training["precision"] != "auto":
+    identity, checkpoints and summary then carry the precision it actually trains in. A run-config dict
+    (e.g. one of the plan's) gives a new dict; the argument is never changed."""
+    if not isinstance(run_config, RunConfig):
+        return resolve_job_precision(RunConfig.from_dict(run_config)).to_dict()
+    training = run_config.training
+    if training.precision != "auto":
         return run_config
     from prefopt.precision import resolve
 
-    resolution = resolve("auto", training["device"])
+    resolution = resolve("auto", training.device)
     logger.info("precision: auto -> %s (%s)", resolution.precision, resolution.reason)
-    return {**run_config, "training": {**training, "precision": resolution.precision}}
+    return run_config.with_training(precision=resolution.precision)
 
 
-def run_job(stage: Stage, run_config: dict, *, model_dir, train_path, out_dir, checkpoint_dir,
+def run_job(stage: Stage, run_config: RunConfig, *, model_dir, train_path, out_dir, checkpoint_dir,
             eval_path=None, probe_path=None, objective_source=None) -> dict:
     """Train one SFT or alignment run from a checked run config and publish `out_dir` atomically.
 
     `out_dir` gets the weights (`stage.save`), `metrics.jsonl`, `data_report.json`, `identity.json`
     and `summary.json` (the run config the weights were trained with, the identity, the resume
     point). Only the main process writes. Returns the summary (empty on other processes).
-    With `run_config["probes"]`, the first `pairs` rows of `probe_path` are scored at step 0 and
+    With `run_config.probes`, the first `pairs` rows of `probe_path` are scored at step 0 and
     every `every_steps` steps (prefopt.probes) into the metrics file. `objective_source`, the file of
     a config's own objective module, is an input of the identity like the data.
     """
@@ -216,18 +224,20 @@ def run_job(stage: Stage, run_config: dict, *, model_dir, train_path, out_dir, c
 
     from prefopt.models import load_tokenizer
 
+    if not isinstance(run_config, RunConfig):
+        raise TypeError(f"run_job takes a RunConfig (prefopt.run_config.RunConfig.load), got {type(run_config).__name__}")
     started = time.time()
     run_config = resolve_job_precision(run_config)
     model_dir, out_dir, checkpoint_dir = Path(model_dir), Path(out_dir), Path(checkpoint_dir)
-    training = run_config["training"]
-    probes = run_config["probes"]
+    training = run_config.training
+    probes = run_config.probes
     if probes and probe_path is None:
         raise ValueError(f"{stage.name}: the run config asks for probes but no probe rows were given")
     identity = job_identity(run_config, {"model": model_dir, "train": train_path, "eval": eval_path,
                                          "probes": probe_path if probes else None, "objective": objective_source})
     logger.info("job identity %s (run config %s)", identity["id"], identity["run_config"][:12])
 
-    set_seed(training["seed"])  # paper, "Reproducibility": seed 0 for random, numpy and torch
+    set_seed(training.seed)  # paper, "Reproducibility": seed 0 for random, numpy and torch
     tokenizer = load_tokenizer(str(model_dir))
     good_rows, data_report, eval_rows = prepare_rows(
         run_config, tokenizer, read_jsonl(train_path), read_jsonl(eval_path) if eval_path else None, caller=stage.name)
@@ -235,23 +245,16 @@ def run_job(stage: Stage, run_config: dict, *, model_dir, train_path, out_dir, c
     resume, stale = select_checkpoint(checkpoint_dir, identity["id"])  # every process decides alike
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = checkpoint_dir / "metrics.jsonl"  # survives a kill next to the checkpoints it matches
-    trainer = stage.build(run_config, model_dir, tokenizer, training["precision"], good_rows, eval_rows,
-                          checkpoint_dir, metrics_path)
+    trainer = stage.build(run_config, model_dir, tokenizer, good_rows, eval_rows, checkpoint_dir)
+    trainer.add_callback(MetricsFileCallback(metrics_path))
     trainer.add_callback(identity_callback(identity))
     if probes:
-        from prefopt.data import validate_rows
         from prefopt.probes import probe_callback
 
-        probe_rows, _ = validate_rows(read_jsonl(probe_path)[:probes["pairs"]], tokenizer=tokenizer,
-                                      max_prompt_length=training["max_prompt_length"],
-                                      max_length=training["max_length"], on_bad="drop")
-        trainer.add_callback(probe_callback(tokenizer, probe_rows, every_steps=probes["every_steps"],
-                                            metrics_path=metrics_path, max_length=training["max_length"],
-                                            max_prompt_length=training["max_prompt_length"],
-                                            batch_size=training["per_device_eval_batch_size"]))
+        trainer.add_callback(probe_callback(tokenizer, read_jsonl(probe_path), run_config, metrics_path))
     if trainer.is_world_process_zero():
-        clear_checkpoints(checkpoint_dir, resume, stale, identity["id"], training["precision"])
-        prepare_metrics_file(metrics_path, str(resume) if resume else None)
+        clear_checkpoints(checkpoint_dir, resume, stale, identity["id"], training.precision)
+        prepare_metrics_file(metrics_path, resume)  # the job's one metrics file, once
     trainer.accelerator.wait_for_everyone()
     if resume:
         logger.info("resuming from %s (identity %s)", resume.name, identity["id"])
@@ -273,7 +276,7 @@ def run_job(stage: Stage, run_config: dict, *, model_dir, train_path, out_dir, c
         write_json(staging / "data_report.json", data_report)
         write_json(staging / "identity.json", identity)
         summary = {
-            "method": run_config["method"],
+            "method": run_config.method,
             "identity": identity["id"],
             "model_dir": str(model_dir),
             "weights": weights,
@@ -287,11 +290,11 @@ def run_job(stage: Stage, run_config: dict, *, model_dir, train_path, out_dir, c
             "resumed_from": resume.name if resume else None,
             "num_train_rows": len(good_rows),
             "num_dropped_rows": data_report["dropped"],
-            "precision": training["precision"],
-            "device": training["device"],
+            "precision": training.precision,
+            "device": training.device,
             "world_size": trainer.accelerator.num_processes,
             **stage.summary(trainer),
-            "run_config": run_config,
+            "run_config": run_config.to_dict(),
         }
         write_json(staging / "summary.json", summary)
         publish_dir(staging, out_dir)

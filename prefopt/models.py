@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from prefopt.run_config import Lora
+
 # Chat templates of the instruct variants, for base models that ship none (paper, section 4.1:
 # "we apply the official chat templates from the corresponding instruction-tuned variants").
 CHAT_TEMPLATES = {
@@ -42,7 +44,15 @@ CHAT_TEMPLATES = {
 # The token that ends an assistant turn under each template; it becomes eos for generation.
 TURN_END_TOKENS = {"chatml": "<|im_end|>", "gemma": "<end_of_turn>", "llama3": "<|eot_id|>"}
 
-LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+def __getattr__(name: str):
+    # LORA_TARGET_MODULES: the paper's LoRA target modules (Table 1), which live in the schema's `lora`
+    # default alone (schemas/config.schema.yaml); read from there when first asked for.
+    if name == "LORA_TARGET_MODULES":
+        from prefopt.run_config import schema_default
+
+        return list(schema_default("lora")["target_modules"])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -201,15 +211,15 @@ def lora_config(*, r: int, alpha: float, dropout: float, target_modules: list[st
     )
 
 
-def apply_lora(model, lora: dict | None):
-    """Wrap `model` in a PEFT LoRA from a run config's `lora` block; `None` means full fine-tuning."""
+def apply_lora(model, lora: Lora | None):
+    """Wrap `model` in a PEFT LoRA from a run config's `lora` section; `None` means full fine-tuning."""
     if lora is None:
         return model
     from peft import get_peft_model
 
-    return get_peft_model(model, lora_config(r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"],
-                                             target_modules=lora["target_modules"],
-                                             modules_to_save=lora["modules_to_save"]))
+    return get_peft_model(model, lora_config(r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
+                                             target_modules=lora.target_modules,
+                                             modules_to_save=lora.modules_to_save))
 
 
 def load_for_inference(model_dir: str | os.PathLike, adapter_dir: str | os.PathLike | None = None,

@@ -20,6 +20,7 @@ import logging
 import os
 
 from prefopt.io import append_jsonl
+from prefopt.run_config import RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -50,14 +51,23 @@ def score_probe(model, tokenizer, rows: list[dict], *, step: int, metrics_path: 
     return record
 
 
-def probe_callback(tokenizer, rows: list[dict], *, every_steps: int, **limits):
-    """A TrainerCallback scoring `rows` at step 0 and every `every_steps` optimizer steps (main process).
+def probe_callback(tokenizer, rows: list[dict], run_config: RunConfig, metrics_path: str | os.PathLike):
+    """A TrainerCallback scoring the run config's probe pairs at step 0 and every `probes.every_steps`
+    optimizer steps (main process) into `metrics_path`.
 
-    `limits`: metrics_path, max_length, max_prompt_length, batch_size (see `score_probe`)."""
+    The pairs are the first `probes.pairs` of `rows`, those that fit the run's length limits (the
+    others are dropped, as bad held-out rows are); they are scored with the run's `max_length`,
+    `max_prompt_length` and `per_device_eval_batch_size`."""
     from transformers import TrainerCallback
 
-    if every_steps < 1:
-        raise ValueError(f"probe_callback: every_steps must be >= 1, got {every_steps}")
+    from prefopt.data import validate_rows
+
+    probes, training = run_config.probes, run_config.training
+    if probes is None:
+        raise ValueError("probe_callback: the run config has no probes")
+    limits = {"max_length": training.max_length, "max_prompt_length": training.max_prompt_length}
+    rows, _ = validate_rows(rows[:probes.pairs], tokenizer=tokenizer, **limits, on_bad="drop")
+    limits.update(metrics_path=metrics_path, batch_size=training.per_device_eval_batch_size)
 
     class ProbeCallback(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -65,7 +75,7 @@ def probe_callback(tokenizer, rows: list[dict], *, every_steps: int, **limits):
                 score_probe(model, tokenizer, rows, step=0, **limits)
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            if state.is_world_process_zero and state.global_step % every_steps == 0:
+            if state.is_world_process_zero and state.global_step % probes.every_steps == 0:
                 score_probe(model, tokenizer, rows, step=state.global_step, **limits)
 
     return ProbeCallback()

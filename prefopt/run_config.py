@@ -1,291 +1,370 @@
 """The run config: one small JSON file per training job, written complete by the DAG (prefopt.plan).
 
 Every hyperparameter of an `sft` or `align` job reaches it through this file, never through the
-global config, so Snakemake reruns exactly the jobs whose settings changed. This module checks a
-run config and fills in nothing: the defaults live in schemas/config.schema.yaml alone, and a
-missing key is an error. Shape::
+global config, so Snakemake reruns exactly the jobs whose settings changed. A job reads it once,
+as a frozen `RunConfig`:
 
-    {"method": "slime",                                   # sft | dpo | simpo | slime | stapo
-     "loss_kwargs": {"lambda_w": 0.1, ...},              # every keyword of the loss ({} for sft)
-     "training": {"learning_rate": 5e-7, ..., "seed": 0, "precision": "fp32", "device": "cpu", "num_gpus": 0},
-     "lora": {"r": 64, "alpha": 128, "dropout": 0.0, "target_modules": [...], "modules_to_save": [...]},
-     "data": {"on_bad_rows": "drop"},
-     "probes": {"every_steps": 4, "pairs": 64}}           # held-out probes (prefopt.probes); null: none
+    run_config = RunConfig.load("results/smollm2/runs/slime-1a2b.json")
+    run_config.training.max_length, run_config.lora.r, run_config.loss_kwargs["p"]
+    run_config.to_dict()        # the file's JSON object, exactly (the job's identity hashes it)
 
-`lora: null` means full fine-tuning.
+Its shape is the schema's `$defs/run_config` (schemas/config.schema.yaml), which names the schema's
+own definitions: `training` is `$defs/training` plus the job-wide keys (seed, precision, device,
+num_gpus), `lora` is `$defs/lora` (null: full fine-tuning), `probes` is `evaluation.probes` (null:
+none). The file is checked against it once, here: every declared key must be present and no other
+(this module fills in nothing; the defaults live in the schema alone), `method` must be a registered
+objective (prefopt.objectives) or "sft", `loss_kwargs` must hold every hyperparameter of that
+objective, each checked against the loss signature, and max_prompt_length < max_length. A bad file
+raises `RunConfigError`, one line naming the file and the key.
+
+This module does not import torch (the TrainingArguments, device and thread helpers are in
+prefopt.training_args).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
+import functools
+import hashlib
 import json
-import logging
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
-import torch
-
-logger = logging.getLogger(__name__)
-
-METHODS = ("sft", "dpo", "simpo", "slime", "stapo")
-PRECISIONS = ("auto", "fp32", "bf16")  # auto: resolved by the job on its node (prefopt.job.resolve_job_precision)
-DEVICES = ("cpu", "cuda")
-
-_NUMBER = (int, float)
-# key -> (accepted types, allows None)
-TRAINING_KEYS = {
-    "learning_rate": (_NUMBER, False),
-    "lr_scheduler_type": ((str,), False),
-    "warmup_ratio": (_NUMBER, False),
-    "max_grad_norm": (_NUMBER, True),
-    "num_train_epochs": (_NUMBER, False),
-    "max_steps": ((int,), False),
-    "per_device_train_batch_size": ((int,), False),
-    "per_device_eval_batch_size": ((int,), False),
-    "gradient_accumulation_steps": ((int,), False),
-    "save_steps": ((int,), False),
-    "save_total_limit": ((int,), True),
-    "logging_steps": ((int,), False),
-    "seed": ((int,), False),
-    "max_length": ((int,), False),
-    "max_prompt_length": ((int,), False),
-    "precision": ((str,), False),
-    "device": ((str,), False),
-    "gradient_checkpointing": ((bool,), False),
-    "optim": ((str,), False),
-    "weight_decay": (_NUMBER, False),
-    "num_gpus": ((int,), False),
-}
-LORA_KEYS = {
-    "r": ((int,), False),
-    "alpha": (_NUMBER, False),
-    "dropout": (_NUMBER, False),
-    "target_modules": ((list,), False),
-    "modules_to_save": ((list,), True),
-}
-DATA_KEYS = {"on_bad_rows": ((str,), False)}
-PROBE_KEYS = {"every_steps": ((int,), False), "pairs": ((int,), False)}
-TOP_KEYS = ("method", "loss_kwargs", "training", "lora", "data", "probes")
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+SCHEMA_DEFINITION = "run_config"  # $defs/run_config
+_ANNOTATIONS = frozenset({"description", "default", "title", "$comment", "examples"})
 
 
 class RunConfigError(ValueError):
-    """A run config that does not match the shape above; the message names the key."""
+    """A run config that does not match `$defs/run_config`; the message is one line naming the key."""
 
 
-def _check_section(section, types: dict, where: str) -> None:
-    """Every key of `types` present, no other key, each of its type."""
-    if not isinstance(section, dict):
-        raise RunConfigError(f"run config '{where}' must be an object, got {type(section).__name__}")
-    for key in section:
-        if key not in types:
-            raise RunConfigError(f"run config '{where}.{key}': unknown key (known: {sorted(types)})")
-    for key, (accepted, nullable) in types.items():
-        if key not in section:
-            raise RunConfigError(f"run config '{where}.{key}' is missing (the DAG writes complete run configs)")
-        value = section[key]
-        if value is None:
-            if not nullable:
-                raise RunConfigError(f"run config '{where}.{key}' must not be null")
-            continue
-        # bool is an int subclass; only a declared bool accepts it.
-        if isinstance(value, bool) is not (bool in accepted) or not isinstance(value, accepted):
-            raise RunConfigError(
-                f"run config '{where}.{key}' must be {'/'.join(t.__name__ for t in accepted)}, got {value!r}")
+# ------------------------------------------------------------------------------------------- sections
+# Typed, frozen views of the file's objects. Their fields are checked against the schema's run-config
+# definition when it is first read (`run_config_schema`), so a key added to the schema without a field
+# here (or the reverse) fails at once, naming it.
+
+
+@dataclass(frozen=True)
+class Training:
+    """A stage's settings (`$defs/training`) and the job-wide keys."""
+
+    learning_rate: float
+    lr_scheduler_type: str
+    warmup_ratio: float
+    max_grad_norm: float | None  # null: no clipping (paper, section 4.1)
+    num_train_epochs: float
+    max_steps: int
+    per_device_train_batch_size: int
+    per_device_eval_batch_size: int
+    gradient_accumulation_steps: int
+    save_steps: int
+    save_total_limit: int | None
+    logging_steps: int
+    max_length: int
+    max_prompt_length: int
+    gradient_checkpointing: bool
+    optim: str
+    weight_decay: float
+    seed: int
+    precision: str  # auto | fp32 | bf16; auto is resolved on the job's node (prefopt.job.resolve_job_precision)
+    device: str
+    num_gpus: int
+
+
+@dataclass(frozen=True)
+class Lora:
+    """`$defs/lora`: the adapter (the paper's Table 1 values are the schema's defaults)."""
+
+    r: int
+    alpha: float
+    dropout: float
+    target_modules: tuple[str, ...]
+    modules_to_save: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
+class Data:
+    on_bad_rows: str  # drop | error
+
+
+@dataclass(frozen=True)
+class Probes:
+    """`evaluation.probes`: held-out probes every `every_steps` steps on the first `pairs` pairs (prefopt.probes)."""
+
+    every_steps: int
+    pairs: int
+
+
+_SECTIONS = {"training": Training, "lora": Lora, "data": Data, "probes": Probes}
+
+
+def _frozen(value):
+    return tuple(_frozen(item) for item in value) if isinstance(value, list) else value
+
+
+def _thawed(value):
+    return [_thawed(item) for item in value] if isinstance(value, tuple) else value
+
+
+def _section(cls, values: Mapping | None):
+    return None if values is None else cls(**{name: _frozen(value) for name, value in values.items()})
+
+
+def _section_dict(section) -> dict | None:
+    if section is None:
+        return None
+    return {field.name: _thawed(getattr(section, field.name)) for field in dataclasses.fields(section)}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A checked run config (build it with `from_dict` or `load`, which check; the constructor does not)."""
+
+    method: str  # a registered objective (prefopt.objectives) or "sft"
+    loss_kwargs: Mapping[str, bool | int | float]  # every hyperparameter of the objective; empty for sft
+    training: Training
+    lora: Lora | None  # None: full fine-tuning
+    data: Data
+    probes: Probes | None  # None: no probes
+
+    @classmethod
+    def from_dict(cls, raw: Any, *, where: str | None = None) -> RunConfig:
+        """Check `raw` (a run config's JSON object) and freeze it; `where` (a file name) prefixes errors."""
+        try:
+            check(raw)
+        except RunConfigError as error:
+            raise RunConfigError(f"{where}: {error}" if where else str(error)) from None
+        return cls(method=raw["method"], loss_kwargs=MappingProxyType(copy.deepcopy(raw["loss_kwargs"])),
+                   training=_section(Training, raw["training"]), lora=_section(Lora, raw["lora"]),
+                   data=_section(Data, raw["data"]), probes=_section(Probes, raw["probes"]))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> RunConfig:
+        """Read and check a run-config JSON file (errors name the file and the key)."""
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise RunConfigError(f"{path}: not valid JSON ({error})") from None
+        return cls.from_dict(raw, where=str(path))
+
+    def to_dict(self) -> dict:
+        """The run config's JSON object, exactly as it was read (lists, ints and floats as in the file)."""
+        return {"method": self.method, "loss_kwargs": copy.deepcopy(dict(self.loss_kwargs)),
+                "training": _section_dict(self.training), "lora": _section_dict(self.lora),
+                "data": _section_dict(self.data), "probes": _section_dict(self.probes)}
+
+    def to_json(self) -> str:
+        """The canonical JSON text (sorted keys) that the job's identity hashes (prefopt.job.job_identity)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    def with_training(self, **changes) -> RunConfig:
+        """A checked copy with some `training` values replaced (e.g. `precision` resolved on the job's node)."""
+        raw = self.to_dict()
+        raw["training"].update(changes)
+        return RunConfig.from_dict(raw)
+
+    @property
+    def is_sft(self) -> bool:
+        return self.method == "sft"
+
+    def __hash__(self) -> int:  # loss_kwargs is a read-only mapping, not hashable itself
+        return hash(self.to_json())
+
+
+def load_run_config(path: str | os.PathLike) -> RunConfig:
+    """`RunConfig.load(path)`."""
+    return RunConfig.load(path)
 
 
 def validate_run_config(config: dict) -> dict:
-    """`config` itself once it is complete and well-typed; raises `RunConfigError` naming the first bad key."""
-    if not isinstance(config, dict):
-        raise RunConfigError(f"run config must be a JSON object, got {type(config).__name__}")
-    for key in config:
-        if key not in TOP_KEYS:
-            raise RunConfigError(f"run config '{key}': unknown key (known: {list(TOP_KEYS)})")
-    for key in TOP_KEYS:
-        if key not in config:
-            raise RunConfigError(f"run config '{key}' is missing (the DAG writes complete run configs)")
-    method = config["method"]
-    if method not in METHODS:
-        raise RunConfigError(f"run config 'method': {method!r} is not one of {list(METHODS)}")
-    _check_loss_kwargs(method, config["loss_kwargs"])
+    """Check a run-config dict (e.g. one the plan made) the way a job checks its file; returns `config` itself."""
+    RunConfig.from_dict(config)
+    return config
 
-    training = config["training"]
-    _check_section(training, TRAINING_KEYS, "training")
-    for key, choices in (("precision", PRECISIONS), ("device", DEVICES)):
-        if training[key] not in choices:
-            raise RunConfigError(f"run config 'training.{key}': {training[key]!r} is not one of {list(choices)}")
-    for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "save_steps", "logging_steps",
-                "max_length", "max_prompt_length", "per_device_eval_batch_size"):
-        if training[key] < 1:
-            raise RunConfigError(f"run config 'training.{key}' must be >= 1, got {training[key]}")
+
+# ------------------------------------------------------------------------------------------- the schema
+
+
+@functools.lru_cache(maxsize=None)
+def load_schema() -> dict:
+    """schemas/config.schema.yaml (read once)."""
+    import yaml
+
+    with open(SCHEMA_PATH, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def schema_default(key: str):
+    """The experiment config's default for its top-level `key`, completed by the schema's nested defaults
+    (e.g. "lora": the paper's Table 1 adapter with its target modules)."""
+    from prefopt.config_schema import fill_defaults
+
+    schema = load_schema()
+    declared = schema["properties"][key]
+    return fill_defaults(copy.deepcopy(declared["default"]), declared, root=schema)
+
+
+def _pointer(root: dict, ref: str) -> dict:
+    if not ref.startswith("#/"):
+        raise ValueError(f"only local $refs are supported, got {ref!r}")
+    node = root
+    for part in ref[2:].split("/"):
+        node = node[part.replace("~1", "/").replace("~0", "~")]
+    return node
+
+
+def _inlined(node: dict, root: dict) -> dict:
+    """`node` with every `$ref` replaced by the definition it names (the run-config schema has no cycles)."""
+    if "$ref" in node:
+        target = _inlined(_pointer(root, node["$ref"]), root)
+        rest = {key: value for key, value in node.items() if key != "$ref"}
+        node = {**target, **rest} if set(rest) <= _ANNOTATIONS else {"allOf": [target], **rest}
+    node = dict(node)
+    if "properties" in node:
+        node["properties"] = {name: _inlined(sub, root) for name, sub in node["properties"].items()}
+    for keyword in ("allOf", "anyOf", "oneOf"):
+        if keyword in node:
+            node[keyword] = [_inlined(sub, root) for sub in node[keyword]]
+    for keyword in ("items", "additionalProperties", "not"):
+        if isinstance(node.get(keyword), dict):
+            node[keyword] = _inlined(node[keyword], root)
+    return node
+
+
+def _closed(node: dict) -> dict:
+    """Every object that declares properties requires all of them and allows no other; an `allOf` of such
+    objects is one object with the keys of all (`$defs/training` is closed, the job-wide keys join it)."""
+    node = dict(node)
+    parts = node.get("allOf", [])
+    if parts and all("properties" in part for part in parts):
+        del node["allOf"]
+        node["type"] = "object"
+        node["properties"] = {name: sub for part in parts for name, sub in part["properties"].items()}
+    if "properties" in node:
+        node["properties"] = {name: _closed(sub) for name, sub in node["properties"].items()}
+        node["additionalProperties"] = False
+        node["required"] = list(node["properties"])
+    for keyword in ("allOf", "anyOf", "oneOf"):
+        if keyword in node:
+            node[keyword] = [_closed(sub) for sub in node[keyword]]
+    return node
+
+
+def _object_schema(node: dict) -> dict:
+    """The object branch of a `oneOf: [null, object]` (or the node itself)."""
+    if "properties" in node:
+        return node
+    return next(sub for sub in node.get("oneOf", []) if "properties" in sub)
+
+
+@functools.lru_cache(maxsize=None)
+def run_config_schema() -> dict:
+    """`$defs/run_config`, self-contained (its `$ref`s inlined) and closed (every key required, no other)."""
+    root = load_schema()
+    schema = _closed(_inlined(root["$defs"][SCHEMA_DEFINITION], root))
+    declared = {"run config": (RunConfig, schema)}
+    declared.update({name: (cls, _object_schema(schema["properties"][name])) for name, cls in _SECTIONS.items()})
+    for name, (cls, section) in declared.items():
+        fields, keys = [field.name for field in dataclasses.fields(cls)], list(section["properties"])
+        if set(fields) != set(keys):
+            raise RuntimeError(
+                f"prefopt.run_config.{cls.__name__} has fields {sorted(set(fields) - set(keys))} that {SCHEMA_PATH.name} "
+                f"$defs/{SCHEMA_DEFINITION} ({name}) does not declare, and lacks {sorted(set(keys) - set(fields))}")
+    return schema
+
+
+@functools.lru_cache(maxsize=None)
+def _validator():
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(run_config_schema())
+
+
+# ------------------------------------------------------------------------------------------- checks
+
+
+def _key(path) -> str:
+    return ".".join(str(part) for part in path)
+
+
+def _relevance(error) -> tuple:
+    # The deepest error first; at one depth an unknown key (often a misspelt one) before a missing one.
+    return len(error.absolute_path), error.validator == "additionalProperties", error.validator == "required"
+
+
+def _leaves(error):
+    """The errors that say what is wrong: inside a `oneOf`/`anyOf` (`lora`, `probes`: null or an object),
+    those of the branches whose type the value has, not "is not of type 'null'"."""
+    if error.validator in ("oneOf", "anyOf") and error.context:
+        fitting = [sub for sub in error.context if not (sub.validator == "type" and not sub.relative_path)]
+        if fitting:
+            for sub in fitting:
+                yield from _leaves(sub)
+            return
+    yield error
+
+
+def _message(error) -> str:
+    where = _key(error.absolute_path)
+    prefix = f"{where}." if where else ""
+    if error.validator == "required":
+        missing = [key for key in error.validator_value if key not in error.instance]
+        return f"run config '{prefix}{missing[0]}' is missing (the DAG writes complete run configs)"
+    if error.validator == "additionalProperties":
+        known = list(error.schema.get("properties", {}))
+        unknown = [key for key in error.instance if key not in known]
+        close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+        return f"run config '{prefix}{unknown[0]}': unknown key ({hint})"
+    if error.validator in ("oneOf", "anyOf") and error.context:
+        types = " or ".join(repr(sub.validator_value) for sub in error.context if sub.validator == "type")
+        return f"run config '{where}': {error.instance!r} is not of type {types}"
+    return f"run config '{where or '(top level)'}': {error.message}"
+
+
+def check(raw: Any) -> None:
+    """Raise `RunConfigError` (one line naming the first bad key) unless `raw` is a complete, valid run config."""
+    if not isinstance(raw, dict):
+        raise RunConfigError(f"run config must be a JSON object, got {type(raw).__name__}")
+    errors = [leaf for error in _validator().iter_errors(raw) for leaf in _leaves(error)]
+    if errors:
+        raise RunConfigError(_message(max(errors, key=_relevance)))
+    _check_loss_kwargs(raw["method"], raw["loss_kwargs"])
+    training = raw["training"]
     if training["max_prompt_length"] >= training["max_length"]:
         raise RunConfigError(
             f"run config 'training.max_prompt_length' ({training['max_prompt_length']}) must be smaller than "
             f"'training.max_length' ({training['max_length']})")
-    if not 0.0 <= training["warmup_ratio"] < 1.0:
-        raise RunConfigError(f"run config 'training.warmup_ratio' must be in [0, 1), got {training['warmup_ratio']}")
-    if training["learning_rate"] <= 0:
-        raise RunConfigError(f"run config 'training.learning_rate' must be > 0, got {training['learning_rate']}")
-    if training["max_steps"] <= 0 and training["num_train_epochs"] <= 0:
-        raise RunConfigError("run config 'training.num_train_epochs' must be > 0 when 'training.max_steps' is -1")
-
-    lora = config["lora"]
-    if lora is not None:
-        _check_section(lora, LORA_KEYS, "lora")
-        if lora["r"] < 1:
-            raise RunConfigError(f"run config 'lora.r' must be >= 1, got {lora['r']}")
-        if not lora["target_modules"] or not all(isinstance(m, str) for m in lora["target_modules"]):
-            raise RunConfigError("run config 'lora.target_modules' must be a non-empty list of module names")
-
-    if config["probes"] is not None:
-        _check_section(config["probes"], PROBE_KEYS, "probes")
-        for key in PROBE_KEYS:
-            if config["probes"][key] < 1:
-                raise RunConfigError(f"run config 'probes.{key}' must be >= 1, got {config['probes'][key]}")
-    _check_section(config["data"], DATA_KEYS, "data")
-    if config["data"]["on_bad_rows"] not in ("drop", "error"):
-        raise RunConfigError(f"run config 'data.on_bad_rows': {config['data']['on_bad_rows']!r} is not 'drop' or 'error'")
-    return config
 
 
-def _check_loss_kwargs(method: str, loss_kwargs) -> None:
-    from prefopt.losses import get_loss
+def _check_loss_kwargs(method: str, loss_kwargs: dict) -> None:
+    """`loss_kwargs` against the objective's signature (prefopt.objectives): known, well-typed, in range, complete."""
+    from prefopt.objectives import ObjectiveError, UnknownObjectiveError, get_objective
 
-    if not isinstance(loss_kwargs, dict):
-        raise RunConfigError("run config 'loss_kwargs' must be an object")
     if method == "sft":
         if loss_kwargs:
-            raise RunConfigError("run config 'loss_kwargs': not used by method 'sft' (give {})")
+            raise RunConfigError(f"run config 'loss_kwargs.{next(iter(loss_kwargs))}': method 'sft' takes none (give {{}})")
         return
-    known = get_loss(method).defaults
-    for key, value in loss_kwargs.items():
-        if key not in known:
-            raise RunConfigError(f"run config 'loss_kwargs.{key}': not a parameter of '{method}' (known: {sorted(known)})")
-        if isinstance(value, (dict, list)):
-            raise RunConfigError(f"run config 'loss_kwargs.{key}' must be a scalar, got {value!r}")
-    missing = sorted(set(known) - set(loss_kwargs))
+    try:
+        objective = get_objective(method)
+    except UnknownObjectiveError as error:
+        raise RunConfigError(f"run config 'method': {error} (or 'sft')") from None
+    try:
+        objective.check_kwargs(loss_kwargs, "loss_kwargs")
+    except ObjectiveError as error:  # "loss_kwargs.<name>: <problem>"
+        key, _, problem = str(error).partition(": ")
+        raise RunConfigError(f"run config '{key}': {problem}") from None
+    missing = [name for name in objective.defaults if name not in loss_kwargs]
     if missing:
-        raise RunConfigError(f"run config 'loss_kwargs.{missing[0]}' is missing (the DAG writes every loss keyword)")
-
-
-def load_run_config(path: str | os.PathLike) -> dict:
-    """Read and check a run-config JSON file (errors name the file and the key)."""
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise RunConfigError(f"{path}: not valid JSON ({error})") from error
-    try:
-        return validate_run_config(raw)
-    except RunConfigError as error:
-        raise RunConfigError(f"{path}: {error}") from error
-
-
-class MissingGPUsError(RuntimeError):
-    """The job asks for more GPUs than this machine shows."""
-
-
-def check_devices(run_config: dict, required_gpus: int = 0) -> str:
-    """The run's device; fails in one line when it asks for a GPU, or more GPUs, than torch sees."""
-    training = run_config["training"]
-    wanted = max(required_gpus, training["num_gpus"])
-    if training["device"] == "cuda" and not torch.cuda.is_available():
-        raise MissingGPUsError("run config 'training.device' is 'cuda' but torch sees no GPU")
-    if wanted and torch.cuda.device_count() < wanted:
-        raise MissingGPUsError(
-            f"this job needs {wanted} GPU(s) but torch.cuda.device_count() is {torch.cuda.device_count()}")
-    return training["device"]
-
-
-def tensorboard_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
-
-
-def training_arguments_kwargs(run_config: dict, output_dir: str | os.PathLike) -> dict:
-    """Keyword arguments shared by `TrainingArguments` subclasses (PreferenceConfig, SFTConfig)."""
-    training = run_config["training"]
-    on_cpu = training["device"] == "cpu"
-    if training["precision"] not in ("fp32", "bf16"):
-        raise RunConfigError(f"run config 'training.precision' is {training['precision']!r}: resolve 'auto' on the "
-                             "job's node first (prefopt.job.resolve_job_precision)")
-    if on_cpu and training["precision"] == "bf16":
-        from prefopt.precision import cpu_native_bf16
-
-        native, why = cpu_native_bf16()
-        if not native:
-            logger.warning("precision bf16 on CPU means bf16 autocast with fp32 master weights; %s, so every "
-                           "step runs far slower than fp32 (measured 40-100x on an AVX2 CPU)", why)
-    return {
-        "output_dir": str(output_dir),
-        "learning_rate": float(training["learning_rate"]),
-        "lr_scheduler_type": training["lr_scheduler_type"],
-        "warmup_steps": float(training["warmup_ratio"]),  # a float < 1 is a ratio of the total steps
-        # Trainer clips only when max_grad_norm > 0; null means the paper's "gradient clipping is disabled".
-        "max_grad_norm": float(training["max_grad_norm"]) if training["max_grad_norm"] is not None else 0.0,
-        "num_train_epochs": float(training["num_train_epochs"]),
-        "max_steps": int(training["max_steps"]),
-        "per_device_train_batch_size": training["per_device_train_batch_size"],
-        "per_device_eval_batch_size": training["per_device_eval_batch_size"],
-        "gradient_accumulation_steps": training["gradient_accumulation_steps"],
-        "save_strategy": "steps",
-        "save_steps": training["save_steps"],
-        "save_total_limit": training["save_total_limit"],
-        "logging_strategy": "steps",
-        "logging_steps": training["logging_steps"],
-        # LoRA leaves no trainable parameter unused; searching for them costs a graph pass per step.
-        "ddp_find_unused_parameters": False,
-        "seed": training["seed"],
-        "data_seed": training["seed"],
-        # bf16: autocast with fp32 master weights (Trainer's mixed precision), on CPU and GPU alike.
-        "bf16": training["precision"] == "bf16",
-        "fp16": False,
-        "use_cpu": on_cpu,
-        "activation_checkpointing": training["gradient_checkpointing"],
-        "optim": training["optim"],
-        "weight_decay": float(training["weight_decay"]),
-        "report_to": ["tensorboard"] if tensorboard_available() else "none",
-        "remove_unused_columns": False,
-        "disable_tqdm": False,
-    }
-
-
-def to_training_arguments(run_config: dict, output_dir: str | os.PathLike, args_class, **overrides):
-    """`args_class` (e.g. prefopt.trainer.PreferenceConfig) built from a checked run config.
-
-    Preference methods also get `loss_type`, `loss_kwargs`, `max_length`, `max_prompt_length`;
-    `overrides` win over the config (e.g. `metrics_file`).
-    """
-    kwargs = training_arguments_kwargs(run_config, output_dir)
-    field_names = {f.name for f in dataclasses.fields(args_class)}
-    extras = {
-        "loss_type": run_config["method"],
-        "loss_kwargs": copy.deepcopy(run_config["loss_kwargs"]),
-        "max_length": run_config["training"]["max_length"],
-        "max_prompt_length": run_config["training"]["max_prompt_length"],
-    }
-    for key, value in extras.items():
-        if key in field_names and not (key == "loss_type" and run_config["method"] == "sft"):
-            kwargs[key] = value
-    kwargs.update(overrides)
-    return args_class(**kwargs)
-
-
-def available_threads() -> int:
-    """CPU threads this job may use: SLURM's allocation if set, else os.cpu_count()."""
-    for variable in ("SLURM_CPUS_PER_TASK", "SNAKEMAKE_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(variable, "")
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    return os.cpu_count() or 1
-
-
-def set_torch_threads(requested: int | None = None) -> int:
-    """Set torch's intra-op threads to `requested` (default `available_threads()`), split evenly
-    between the processes `accelerate launch`/`torchrun` start on this node. Returns the count set."""
-    total = requested or available_threads()
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    threads = max(1, total // max(1, local_processes))
-    torch.set_num_threads(threads)
-    return threads
+        raise RunConfigError(f"run config 'loss_kwargs.{missing[0]}' is missing (the DAG writes every hyperparameter)")

@@ -10,6 +10,8 @@ markers that ChatML/Gemma/Llama-3 templates do not have.
 At the end the LoRA adapter is merged into the base weights and a full model directory
 (safetensors + tokenizer with the same chat template) is published atomically into `out_dir`,
 with `metrics.jsonl` and `summary.json`. The alignment stage starts from that directory.
+`build_sft_trainer`, `save_sft_model` and `sft_summary` are the SFT stage of the job around them
+(prefopt.job.sft_stage), which imports this module; this module does not import the job.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from prefopt.logprobs import completion_ids_from_template
+from prefopt.run_config import RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -41,20 +44,21 @@ def tokenize_sft_row(tokenizer, row: dict, *, max_length: int, max_prompt_length
             "completion_mask": [0] * len(prompt_ids) + [1] * len(completion_ids)}
 
 
-def build_sft_trainer(run_config: dict, model_dir, tokenizer, precision: str, train_rows: list[dict],
-                      eval_rows: list[dict] | None, checkpoint_dir, metrics_path):
-    """The model (LoRA applied when configured) and TRL's SFTTrainer with the non-finite guard."""
+def build_sft_trainer(run_config: RunConfig, model_dir, tokenizer, train_rows: list[dict],
+                      eval_rows: list[dict] | None, checkpoint_dir):
+    """The model (LoRA applied when configured) and TRL's SFTTrainer with the non-finite guard, from a
+    checked run config whose precision is resolved (the job adds its metrics file and identity callbacks)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     from prefopt.guards import FiniteStepsMixin, NonFiniteStepError
     from prefopt.models import apply_lora, load_model
-    from prefopt.run_config import training_arguments_kwargs
-    from prefopt.trainer import MetricsFileCallback
+    from prefopt.training_args import training_arguments_kwargs
 
-    if run_config["method"] != "sft":
-        raise ValueError(f"build_sft_trainer: run config 'method' is {run_config['method']!r}, expected 'sft'")
-    training = run_config["training"]
+    if not run_config.is_sft:
+        raise ValueError(f"build_sft_trainer: run config 'method' is {run_config.method!r}, expected 'sft'")
+    training = run_config.training
+    precision = training.precision
 
     class GuardedSFTTrainer(FiniteStepsMixin, SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -72,34 +76,34 @@ def build_sft_trainer(run_config: dict, model_dir, tokenizer, precision: str, tr
 
     def tokenized(rows, name):
         return Dataset.from_list([
-            tokenize_sft_row(tokenizer, row, max_length=training["max_length"],
-                             max_prompt_length=training["max_prompt_length"])
+            tokenize_sft_row(tokenizer, row, max_length=training.max_length,
+                             max_prompt_length=training.max_prompt_length)
             for row in tqdm(rows, desc=f"tokenize {name} conversations", disable=len(rows) < 1000)
         ])
 
-    model = apply_lora(load_model(str(model_dir), precision), run_config["lora"])
+    model = apply_lora(load_model(str(model_dir), precision), run_config.lora)
     if precision == "bf16":
         from prefopt.logprobs import use_fp32_attention_on_cpu
         from prefopt.models import upcast_trainable_parameters
 
         upcast_trainable_parameters(model)  # fp32 master weights under bf16 autocast, as the alignment trainer
-        if training["device"] == "cpu":
+        if training.device == "cpu":
             use_fp32_attention_on_cpu()
-    args = SFTConfig(**training_arguments_kwargs(run_config, checkpoint_dir), max_length=training["max_length"],
+    args = SFTConfig(**training_arguments_kwargs(run_config, checkpoint_dir), max_length=training.max_length,
                      completion_only_loss=True, packing=False, dataset_kwargs={})
-    if args.activation_checkpointing and run_config["lora"] is not None:
+    if args.activation_checkpointing and run_config.lora is not None:
         model.enable_input_require_grads()
     return GuardedSFTTrainer(model=model, args=args, train_dataset=tokenized(train_rows, "train"),
                              eval_dataset=tokenized(eval_rows, "eval") if eval_rows else None,
-                             processing_class=tokenizer, callbacks=[MetricsFileCallback(metrics_path)])
+                             processing_class=tokenizer)
 
 
-def save_sft_model(trainer, staging: Path, run_config: dict, tokenizer, model_dir) -> str:
+def save_sft_model(trainer, staging: Path, run_config: RunConfig, tokenizer, model_dir) -> str:
     """The merged model (LoRA folded into the base weights) and tokenizer at the top of `staging`."""
     if not trainer.is_world_process_zero():
         return "."
     final_model = trainer.accelerator.unwrap_model(trainer.model)
-    if run_config["lora"] is not None:
+    if run_config.lora is not None:
         # Merge LoRA into the base weights: the alignment stage starts from a plain model directory.
         final_model = final_model.merge_and_unload()
     # SFTTrainer patched `forward` on the instance (fused LM head); the saved files are unaffected.
@@ -130,9 +134,3 @@ def _is_lora(model) -> bool:
     from peft import PeftModel
 
     return isinstance(model, PeftModel)
-
-
-def sft_stage():
-    from prefopt.job import Stage
-
-    return Stage("sft", build_sft_trainer, save_sft_model, sft_summary)

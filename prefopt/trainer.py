@@ -12,29 +12,25 @@ it is the same network with the adapters disabled, otherwise a frozen copy.
     trainer = PreferenceTrainer(model, args, train_dataset=rows, processing_class=tokenizer)
     trainer.train()
 
-`preference_stage()` is the alignment job's stage for `prefopt.job.run_job` (load, LoRA, trainer;
-save the adapter); the job around it (identity, resume, publish, summary) is prefopt/job.py.
+`build_preference_trainer`, `save_preference_weights` and `preference_summary` are the alignment
+stage of the job around it (prefopt.job: identity, resume, publish, summary), which imports them;
+this module does not import the job. The metrics file and checkpoint scanning are prefopt.checkpoints'.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import os
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers import Trainer, TrainingArguments
 
+from prefopt.checkpoints import MetricsFileCallback, prepare_metrics_file, select_checkpoint
 from prefopt.guards import FiniteStepsMixin, NonFiniteStepError
-from prefopt.io import append_jsonl, iter_jsonl, write_jsonl
 from prefopt.logprobs import (
     adapters_disabled,
     pair_collator,
@@ -45,10 +41,9 @@ from prefopt.logprobs import (
 from prefopt.losses import compute_loss
 from prefopt.objectives import get_objective
 from prefopt.models import upcast_trainable_parameters
+from prefopt.run_config import RunConfig
 
 logger = logging.getLogger(__name__)
-
-
 
 class NonFiniteLossError(NonFiniteStepError):
     """The loss (or one of its terms) became NaN or Inf; the message names the step and the terms."""
@@ -69,7 +64,7 @@ class PreferenceConfig(TrainingArguments):
         max_length (`int`, *optional*, defaults to `512`):
             Maximum prompt + completion tokens; completions are truncated from the right.
         max_prompt_length (`int`, *optional*, defaults to `256`):
-            Maximum prompt tokens; prompts are truncated from the left.
+            Maximum prompt tokens (smaller than `max_length`); prompts are truncated from the left.
         metrics_file (`str` or `None`, *optional*, defaults to `None`):
             JSON-lines file receiving one record per logging step (`step`, `epoch`, `loss`, `lr` and every
             metric). On resume, records past the resumed step are dropped, so each step appears once.
@@ -89,8 +84,6 @@ class PreferenceConfig(TrainingArguments):
     def __post_init__(self):
         # Raises naming an unknown objective or hyperparameter (with a near miss) or a value out of its range.
         get_objective(self.loss_type).check_kwargs(self.loss_kwargs or {}, "PreferenceConfig.loss_kwargs")
-        if self.max_length is not None and self.max_prompt_length is not None and self.max_prompt_length >= self.max_length:
-            raise ValueError(f"PreferenceConfig: max_prompt_length ({self.max_prompt_length}) must be < max_length ({self.max_length})")
         super().__post_init__()
 
 
@@ -100,86 +93,6 @@ def _is_peft_model(model) -> bool:
     except ImportError:  # pragma: no cover - peft is a dependency
         return False
     return isinstance(model, PeftModel)
-
-
-def checkpoint_step(checkpoint_dir: str | os.PathLike) -> int:
-    match = re.search(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)$", str(checkpoint_dir).rstrip("/"))
-    if not match:
-        raise ValueError(f"{checkpoint_dir} is not a '{PREFIX_CHECKPOINT_DIR}-N' directory")
-    return int(match.group(1))
-
-
-def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
-    """The newest `checkpoint-N` in `folder` whose trainer state was written (Trainer writes it last).
-
-    A job killed while saving leaves a checkpoint without `trainer_state.json`; it is skipped (and
-    named in a warning), and the previous one is used.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return None
-    candidates = []
-    for path in folder.iterdir():
-        if path.is_dir() and re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", path.name):
-            candidates.append((checkpoint_step(path), path))
-    for _, path in sorted(candidates, reverse=True):
-        if (path / TRAINER_STATE_NAME).exists():
-            return str(path)
-        logger.warning("skipping incomplete checkpoint %s (no %s)", path, TRAINER_STATE_NAME)
-    return None
-
-
-def read_metric_records(path: str | os.PathLike) -> list[dict]:
-    """The records of a metrics file; a partial last line (a job killed mid-write) is dropped with a warning."""
-    if not Path(path).exists():
-        return []
-    records = []
-    for line_number, record, error in iter_jsonl(path):
-        if error is None:
-            records.append(record)
-        else:
-            logger.warning("%s:%d: dropping an unreadable metrics line", path, line_number)
-    return records
-
-
-class MetricsFileCallback(TrainerCallback):
-    """Appends one JSON line per log event to `path` (main process only), fsync'ed so a kill loses nothing.
-
-    Training records hold `step`, `epoch`, `loss`, `lr` and every other logged value; evaluation records
-    hold `step`, `epoch` and the `eval_*` values. The end-of-training summary is not written here.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        is_train_step = "loss" in logs
-        if not (is_train_step or any(key.startswith("eval_") for key in logs)):
-            return  # the end-of-training summary (train_runtime, ...) goes to summary.json
-        record = {"step": state.global_step, "epoch": state.epoch}
-        if is_train_step:
-            record["loss"] = logs["loss"]
-            record["lr"] = logs.get("learning_rate")
-        for key, value in logs.items():
-            if key not in ("loss", "learning_rate", "epoch", "step"):
-                record[key] = value
-        append_jsonl(self.path, record)
-
-
-def prepare_metrics_file(path: str | os.PathLike, resume_from_checkpoint: str | None) -> None:
-    """Fresh run: start an empty file. Resume from checkpoint-N: keep only records with step <= N.
-
-    Trainer logs step N before saving checkpoint-N, so the kept records end exactly where training
-    resumes and every step appears once.
-    """
-    path = Path(path)
-    if resume_from_checkpoint is None:
-        path.unlink(missing_ok=True)
-        return
-    resume_step = json.loads((Path(resume_from_checkpoint) / TRAINER_STATE_NAME).read_text())["global_step"]
-    write_jsonl(path, [record for record in read_metric_records(path) if record.get("step", 0) <= resume_step])
 
 
 class PreferenceTrainer(FiniteStepsMixin, Trainer):
@@ -323,10 +236,15 @@ class PreferenceTrainer(FiniteStepsMixin, Trainer):
         self._metrics[mode].clear()
 
     def train(self, resume_from_checkpoint=None, **kwargs):
+        """Trainer.train; `resume_from_checkpoint=True` resumes the newest complete checkpoint of
+        `output_dir`, and `args.metrics_file` keeps the records up to the step resumed from."""
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
+            resume, skipped = select_checkpoint(self.args.output_dir)
+            if resume is None:
                 raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} has no complete checkpoint")
+            if skipped:
+                logger.warning("resuming %s, not %s (incomplete)", resume.name, ", ".join(p.name for p in skipped))
+            resume_from_checkpoint = str(resume)
         if self.args.metrics_file and self.is_world_process_zero():
             prepare_metrics_file(self.args.metrics_file, resume_from_checkpoint)
         self.accelerator.wait_for_everyone()
@@ -337,27 +255,29 @@ class PreferenceTrainer(FiniteStepsMixin, Trainer):
 # The alignment job's stage (the job itself is prefopt.job.run_job)
 
 
-def build_preference_trainer(run_config: dict, model_dir, tokenizer, precision: str, train_rows: list[dict],
-                             eval_rows: list[dict] | None, checkpoint_dir, metrics_path) -> PreferenceTrainer:
-    """The model (LoRA applied when configured) and its PreferenceTrainer, from a checked run config."""
+def build_preference_trainer(run_config: RunConfig, model_dir, tokenizer, train_rows: list[dict],
+                             eval_rows: list[dict] | None, checkpoint_dir) -> PreferenceTrainer:
+    """The model (LoRA applied when configured) and its PreferenceTrainer, from a checked run config
+    whose precision is resolved (the job adds its metrics file, identity and probe callbacks)."""
     from prefopt.models import apply_lora, load_model
-    from prefopt.run_config import to_training_arguments
+    from prefopt.training_args import to_training_arguments
 
-    if run_config["method"] == "sft":
+    if run_config.is_sft:
         raise ValueError("build_preference_trainer: run config 'method' is 'sft'; use prefopt.sft")
-    model = apply_lora(load_model(str(model_dir), precision), run_config["lora"])
-    args = to_training_arguments(run_config, checkpoint_dir, PreferenceConfig, metrics_file=str(metrics_path))
-    if args.activation_checkpointing and run_config["lora"] is not None:
+    model = apply_lora(load_model(str(model_dir), run_config.training.precision), run_config.lora)
+    args = to_training_arguments(run_config, checkpoint_dir, PreferenceConfig)
+    if args.activation_checkpointing and run_config.lora is not None:
         model.enable_input_require_grads()
     return PreferenceTrainer(model, args, train_dataset=train_rows, eval_dataset=eval_rows or None,
                              processing_class=tokenizer)
 
 
-def save_preference_weights(trainer: PreferenceTrainer, staging: Path, run_config: dict, tokenizer, model_dir) -> str:
+def save_preference_weights(trainer: PreferenceTrainer, staging: Path, run_config: RunConfig, tokenizer,
+                            model_dir) -> str:
     """`adapter/` (PEFT) or `model/` (full fine-tune) in `staging`; every rank calls it (DeepSpeed gathers)."""
-    weights_dir = staging / ("adapter" if run_config["lora"] is not None else "model")
+    weights_dir = staging / ("adapter" if run_config.lora is not None else "model")
     trainer.save_model(str(weights_dir))
-    if run_config["lora"] is None and trainer.is_world_process_zero():
+    if run_config.lora is None and trainer.is_world_process_zero():
         tokenizer.save_pretrained(weights_dir)
     return weights_dir.name
 
@@ -365,9 +285,3 @@ def save_preference_weights(trainer: PreferenceTrainer, staging: Path, run_confi
 def preference_summary(trainer: PreferenceTrainer) -> dict:
     return {"loss_kwargs": {**trainer.loss_spec.defaults, **trainer.loss_kwargs},
             "reference_forward_calls": trainer.reference_forward_calls}
-
-
-def preference_stage():
-    from prefopt.job import Stage
-
-    return Stage("align", build_preference_trainer, save_preference_weights, preference_summary)

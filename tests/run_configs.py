@@ -6,6 +6,7 @@ from pathlib import Path
 
 from prefopt import plan
 from prefopt.config_schema import load_config
+from prefopt.run_config import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "schemas" / "config.schema.yaml"
@@ -20,7 +21,8 @@ def experiment_config(**overrides) -> dict:
 
 def complete_run_config(method: str, *, training: dict | None = None, lora="default", loss_kwargs: dict | None = None,
                         on_bad_rows: str = "drop") -> dict:
-    """`prefopt.plan.run_config` of a one-model config, with `training` overriding the stage's settings."""
+    """`prefopt.plan.run_config` of a one-model config, with `training` overriding the stage's settings:
+    the run-config file's JSON object (`checked_run_config` gives the RunConfig a job reads from it)."""
     stage = "sft" if method == "sft" else "align"
     overrides = {stage: dict(training or {}), "data": {"source": "demo", "on_bad_rows": on_bad_rows}}
     if lora != "default":
@@ -30,3 +32,14 @@ def complete_run_config(method: str, *, training: dict | None = None, lora="defa
     if method != "sft":
         config["methods"] = {method: {}}
     return plan.run_config(config, "m", method, loss_kwargs)
+
+
+def checked_run_config(method: str, *, probes: dict | None = None, precision: str | None = None, **settings) -> RunConfig:
+    """The `RunConfig` a job reads from `complete_run_config(method, **settings)`'s file; `probes` and
+    `precision` replace the file's (the plan writes the evaluation's probes and the job-wide precision)."""
+    raw = complete_run_config(method, **settings)
+    if probes is not None:
+        raw["probes"] = probes
+    if precision is not None:
+        raw["training"]["precision"] = precision
+    return RunConfig.from_dict(raw)

@@ -5,6 +5,7 @@ Kills are simulated by a callback that raises after a step, before that step's c
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import json
 import logging
@@ -16,11 +17,9 @@ from transformers import TrainerCallback
 
 from prefopt.guards import NonFiniteStepError
 from prefopt.io import write_jsonl
-from prefopt.job import IDENTITY_FILE, content_identity, job_identity, run_job, select_checkpoint
+from prefopt.job import IDENTITY_FILE, content_identity, job_identity, preference_stage, run_job, select_checkpoint, sft_stage
 from prefopt.run_config import RunConfigError, validate_run_config
-from prefopt.sft import sft_stage
-from prefopt.trainer import preference_stage
-from run_configs import complete_run_config
+from run_configs import checked_run_config, complete_run_config
 from test_trainer import make_rows
 
 SMALL = {"learning_rate": 1e-3, "max_steps": 4, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1,
@@ -35,12 +34,12 @@ def train_file(tmp_path):
     return path
 
 
-def align_config(**training):
-    return complete_run_config("slime", training={**SMALL, **training}, lora=LORA)
+def align_config(precision=None, probes=None, **training):
+    return checked_run_config("slime", training={**SMALL, **training}, lora=LORA, precision=precision, probes=probes)
 
 
-def sft_config(**training):
-    return complete_run_config("sft", training={**SMALL, **training}, lora=LORA)
+def sft_config(precision=None, **training):
+    return checked_run_config("sft", training={**SMALL, **training}, lora=LORA, precision=precision)
 
 
 class CrashAfter(TrainerCallback):
@@ -96,6 +95,10 @@ def test_identity_covers_settings_and_input_content(tmp_path, train_file):
     (model / "weights.bin").write_bytes(b"\x00" * 16)
     base = job_identity(align_config(), {"model": model, "train": train_file})
     assert base == job_identity(align_config(), {"model": model, "train": train_file})
+    # The RunConfig hashes exactly the file's JSON object, as the dict read from it did.
+    raw = complete_run_config("slime", training=SMALL, lora=LORA)
+    assert base == job_identity(raw, {"model": model, "train": train_file})
+    assert base["run_config"] == hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()
     assert base["id"] != job_identity(align_config(learning_rate=2e-3), {"model": model, "train": train_file})["id"]
     (model / "weights.bin").write_bytes(b"\x01" + b"\x00" * 15)
     assert base["id"] != job_identity(align_config(), {"model": model, "train": train_file})["id"]
@@ -124,17 +127,23 @@ def test_select_checkpoint_resumes_only_complete_checkpoints_of_its_identity(tmp
 
 
 def test_run_config_must_be_complete():
-    config = align_config()
+    config = complete_run_config("slime")
     assert validate_run_config(config) is config
     del config["training"]["weight_decay"]
     with pytest.raises(RunConfigError, match=r"'training\.weight_decay' is missing"):
         validate_run_config(config)
-    config = align_config()
+    config = complete_run_config("slime")
     del config["loss_kwargs"]["p"]
     with pytest.raises(RunConfigError, match=r"'loss_kwargs\.p' is missing"):
         validate_run_config(config)
     with pytest.raises(RunConfigError, match=r"'data\.on_bad'"):
-        validate_run_config({**align_config(), "data": {"on_bad": "drop"}})
+        validate_run_config({**complete_run_config("slime"), "data": {"on_bad": "drop"}})
+
+
+def test_run_job_takes_a_checked_run_config(tmp_path, train_file):
+    with pytest.raises(TypeError, match="RunConfig"):
+        run_job(preference_stage(), complete_run_config("slime"), model_dir=tmp_path, train_path=train_file,
+                out_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt")
 
 
 # ---------------------------------------------------------------------------------------- alignment
@@ -218,20 +227,20 @@ def test_sft_resumes_and_publishes_a_merged_model(tiny_model_dir, train_file, tm
 
 
 def test_run_config_to_training_arguments():
-    from prefopt.run_config import to_training_arguments
     from prefopt.trainer import PreferenceConfig
+    from prefopt.training_args import to_training_arguments
 
-    config = complete_run_config("slime", loss_kwargs={"p": 2.0})
+    config = checked_run_config("slime", loss_kwargs={"p": 2.0})
     args = to_training_arguments(config, "ckpt", PreferenceConfig)
-    assert args.loss_type == "slime" and args.loss_kwargs["p"] == 2.0 and args.loss_kwargs == config["loss_kwargs"]
+    assert args.loss_type == "slime" and args.loss_kwargs["p"] == 2.0 and args.loss_kwargs == dict(config.loss_kwargs)
     assert args.max_grad_norm == 0.0  # null -> no clipping (paper, section 4.1)
     assert args.use_cpu and not args.bf16 and not args.gradient_checkpointing
     assert args.save_total_limit == 2 and args.lr_scheduler_type == "linear" and args.learning_rate == 5e-7
 
 
 def test_full_finetune_dpo_with_held_out_rows(tiny_model_dir, train_file, tmp_path):
-    config = complete_run_config("dpo", training={**SMALL, "learning_rate": 1e-5, "max_steps": 2,
-                                                  "gradient_accumulation_steps": 2, "save_steps": 50}, lora=None)
+    config = checked_run_config("dpo", training={**SMALL, "learning_rate": 1e-5, "max_steps": 2,
+                                                 "gradient_accumulation_steps": 2, "save_steps": 50}, lora=None)
     summary = run_job(preference_stage(), config, model_dir=tiny_model_dir, train_path=train_file,
                       out_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt", eval_path=train_file)
     assert (tmp_path / "out" / "model" / "model.safetensors").exists()
@@ -242,10 +251,10 @@ def test_full_finetune_dpo_with_held_out_rows(tiny_model_dir, train_file, tmp_pa
 
 
 def test_probes_score_the_same_pairs_at_step_0_and_every_k_steps_across_a_resume(tiny_model_dir, train_file, tmp_path):
+    from prefopt.checkpoints import read_metric_records
     from prefopt.probes import probe_records
-    from prefopt.trainer import read_metric_records
 
-    config = {**align_config(), "probes": {"every_steps": 2, "pairs": 3}}
+    config = align_config(probes={"every_steps": 2, "pairs": 3})
     with pytest.raises(KeyboardInterrupt):
         run_job(with_callback(preference_stage(), CrashAfter(3)), config, model_dir=tiny_model_dir,
                 train_path=train_file, out_dir=tmp_path / "run", checkpoint_dir=tmp_path / "ckpt", probe_path=train_file)
@@ -278,10 +287,10 @@ def test_kept_checkpoints_of_a_published_job_are_never_resumed(tiny_model_dir, t
                          ids=["align", "sft"])
 def test_bf16_jobs_train_fp32_master_weights(stage_factory, make_config, tiny_model_dir, train_file, tmp_path):
     """precision bf16: autocast over a bf16 base with fp32 trained parameters; finite, published weights."""
-    config = make_config(max_steps=2)
-    config["training"]["precision"] = "bf16"
+    config = make_config(max_steps=2, precision="bf16")
     summary = run(stage_factory(), config, tiny_model_dir, train_file, tmp_path)
     assert summary["precision"] == "bf16" and summary["global_step"] == 2
+    assert summary["run_config"] == config.to_dict()
     assert all(math.isfinite(record["loss"]) for record in
                (json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
                if "loss" in record)

@@ -44,10 +44,13 @@ def test_prepare_model_writes_a_plain_directory_with_the_template(tiny_model_dir
 def test_apply_lora_uses_the_papers_targets(tiny_model_dir):
     from prefopt.models import load_model
 
-    model = apply_lora(load_model(tiny_model_dir), {"r": 4, "alpha": 8, "dropout": 0.0,
-                                                    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                       "gate_proj", "up_proj", "down_proj"],
-                                                    "modules_to_save": None})
+    from prefopt.models import LORA_TARGET_MODULES
+    from prefopt.run_config import Lora
+
+    # The paper's Table 1 target modules are the schema's `lora` default, and nowhere else.
+    assert LORA_TARGET_MODULES == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    model = apply_lora(load_model(tiny_model_dir), Lora(r=4, alpha=8, dropout=0.0,
+                                                        target_modules=tuple(LORA_TARGET_MODULES), modules_to_save=None))
     trainable = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
     assert trainable and all("lora_" in name for name in trainable)
     assert {name.split(".")[-4] for name in trainable} == {"q_proj", "k_proj", "v_proj", "o_proj",

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from prefopt.io import write_jsonl
-from prefopt.job import run_job
-from prefopt.sft import sft_stage, tokenize_sft_row
-from run_configs import complete_run_config
+from prefopt.job import run_job, sft_stage
+from prefopt.sft import tokenize_sft_row
+from run_configs import checked_run_config
 
 CONVERSATIONS = [
     ("What is 17 + 25?", "17 + 25 = 42.\n\nAnswer: 42"),
@@ -40,7 +40,7 @@ def sft_config(**training):
                 "gradient_accumulation_steps": 1, "save_steps": 2, "max_length": 128, "max_prompt_length": 96}
     settings.update(training)
     # LoRA r=4 on the paper's modules, with lm_head in modules_to_save (the paper's Table 1 shape)
-    return complete_run_config("sft", training=settings, lora={
+    return checked_run_config("sft", training=settings, lora={
         "r": 4, "alpha": 8, "dropout": 0.0, "modules_to_save": ["lm_head"],
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]})
 
@@ -92,6 +92,6 @@ def test_sft_merges_lora_into_a_loadable_model(tiny_model_dir, tmp_path):
 
 
 def test_sft_rejects_a_preference_config(tiny_model_dir, tmp_path):
-    config = complete_run_config("slime")
+    config = checked_run_config("slime")
     with pytest.raises(ValueError, match="'method'"):
         train_sft(config, tiny_model_dir, make_rows(), tmp_path / "out", tmp_path / "ckpt")

@@ -9,7 +9,8 @@ the margin terms of eqs. (8)-(9) act on). The summary reports:
   The paper's "unlearning" (section 7) is l̄_w falling below the SFT model's; `prefopt.tables`
   reports it as this run's ``chosen_logp_mean`` minus the SFT run's;
 - the rejected-token floor: the ``rejected_floor_quantile`` quantile, the min, and the fraction of
-  all rejected-token log-probs below −δ (δ = 1.25, the threshold of SLIME's stabiliser, eq. (7));
+  all rejected-token log-probs below −δ (δ: the threshold of SLIME's stabiliser, eq. (7), by default
+  the `delta` default of SLIME's loss signature, prefopt.losses.slime_loss, one value for every run);
 - ``chosen_token_entropy_mean``: mean entropy (nats) of the next-token distribution over all
   chosen-completion positions, token-pooled;
 - ``ci``: 95% percentile-bootstrap intervals of accuracy, margin and chosen log-prob over pairs.
@@ -27,10 +28,16 @@ from tqdm.auto import tqdm
 
 from prefopt.evaluation.bootstrap import bootstrap_ci
 
-# SLIME's stabiliser threshold δ (paper, eq. (7) and section 4.1): tokens below −δ are the ones it pushes up.
-SLIME_DELTA = 1.25
 # fp32 logits elements materialised at once when computing the entropy (~128 MiB).
 ENTROPY_CHUNK_ELEMENTS = 2**25
+
+
+def default_slime_delta() -> float:
+    """SLIME's stabiliser threshold δ (paper, eq. (7) and section 4.1; tokens below −δ are the ones it pushes
+    up): the default of `delta` in SLIME's loss signature (prefopt.objectives)."""
+    from prefopt.objectives import get_objective
+
+    return get_objective("slime").defaults["delta"]
 
 
 def _head_settings(causal_lm):
@@ -139,7 +146,7 @@ def evaluate_offline(
     max_prompt_length: int,
     batch_size: int = 8,
     rejected_floor_quantile: float = 0.01,
-    slime_delta: float = SLIME_DELTA,
+    slime_delta: float | None = None,
     n_resamples: int = 1000,
     seed: int = 0,
     entropy: bool = True,
@@ -147,6 +154,7 @@ def evaluate_offline(
     """(summary, per_example) for preference rows (docs/architecture.md schema); see the module docstring.
 
     `entropy=False` skips the LM-head pass of the chosen-token entropy (its fields are then None).
+    `slime_delta`: δ of the rejected-token fraction below −δ (None: `default_slime_delta()`).
 
     Rows are tokenized like training (`prefopt.logprobs.tokenize_pair`, same truncation), batched
     by length, and scored under `torch.no_grad()` in eval mode. `per_example` follows `rows`' order.
@@ -217,9 +225,11 @@ def evaluate_offline(
 
 def summarize_offline(per_example: list[dict], rejected_token_logps: np.ndarray,
                       chosen_token_entropies: np.ndarray | None,
-                      *, rejected_floor_quantile: float = 0.01, slime_delta: float = SLIME_DELTA,
+                      *, rejected_floor_quantile: float = 0.01, slime_delta: float | None = None,
                       n_resamples: int = 1000, seed: int = 0) -> dict:
     """The summary dict of `evaluate_offline` from its per-pair records and pooled token arrays."""
+    if slime_delta is None:
+        slime_delta = default_slime_delta()
     correct = np.array([record["correct"] for record in per_example], dtype=np.float64)
     margins = np.array([record["margin"] for record in per_example])
     chosen = np.array([record["chosen_logp_mean"] for record in per_example])

@@ -20,16 +20,10 @@ import sys
 from prefopt.cli import training_main, training_parser
 
 
-def load_stage():
-    from prefopt.trainer import preference_stage
-
-    return preference_stage()
-
-
 def main(argv=None) -> int:
     parser = training_parser(__doc__.splitlines()[0], model_help="SFT (or prepared) model directory",
                              train_help="preference rows (JSON lines)")
-    return training_main("align", parser.parse_args(argv), load_stage)
+    return training_main("align", parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -19,16 +19,10 @@ import sys
 from prefopt.cli import training_main, training_parser
 
 
-def load_stage():
-    from prefopt.sft import sft_stage
-
-    return sft_stage()
-
-
 def main(argv=None) -> int:
     parser = training_parser(__doc__.splitlines()[0], model_help="prepared base model directory",
                              train_help="SFT rows (JSON lines; the chosen conversations are used)")
-    return training_main("sft", parser.parse_args(argv), load_stage)
+    return training_main("sft", parser.parse_args(argv))
 
 
 if __name__ == "__main__":
