@@ -297,7 +297,8 @@ def sweep_target(config: dict, key: str) -> tuple[str, str, str]:
 
 
 def value_label(value) -> str:
-    return str(value).lower() if isinstance(value, bool) else f"{value:g}"
+    """A sweep row's label: `true`/`false`, or the value as Python writes it (2.0, 1.25), as Table 5 shows p."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def make_plan(config: dict) -> Plan:

@@ -95,7 +95,7 @@ def test_two_sweeps_share_the_default_run_and_each_is_a_table():
     delta = made.table("sweep_delta")
     assert (delta.kind, delta.method, delta.parameter) == ("sweep", "slime", "delta")
     assert [(row.value, row.role, row.label) for row in delta.rows] == [
-        (0.5, "row", "0.5"), (1.25, "reference", "1.25"), (2.0, "row", "2")]
+        (0.5, "row", "0.5"), (1.25, "reference", "1.25"), (2.0, "row", "2.0")]
     assert delta.rows[1].runs == main == made.table("table5").rows[1].runs  # the default p and delta: one run
     beta = made.table("sweep_simpo_beta").rows
     assert [(row.value, row.role) for row in beta] == [(1.0, "row"), (2.0, "reference")]
