@@ -141,9 +141,9 @@ class RunConfig:
             check(raw)
         except RunConfigError as error:
             raise RunConfigError(f"{where}: {error}" if where else str(error)) from None
-        return cls(method=raw["method"], loss_kwargs=MappingProxyType(copy.deepcopy(raw["loss_kwargs"])),
-                   training=_section(Training, raw["training"]), lora=_section(Lora, raw["lora"]),
-                   data=_section(Data, raw["data"]), probes=_section(Probes, raw["probes"]))
+        values = {name: _section(_SECTIONS[name], value) if name in _SECTIONS else copy.deepcopy(value)
+                  for name, value in raw.items()}
+        return cls(**{**values, "loss_kwargs": MappingProxyType(values["loss_kwargs"])})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> RunConfig:
@@ -157,9 +157,14 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         """The run config's JSON object, exactly as it was read (lists, ints and floats as in the file)."""
-        return {"method": self.method, "loss_kwargs": copy.deepcopy(dict(self.loss_kwargs)),
-                "training": _section_dict(self.training), "lora": _section_dict(self.lora),
-                "data": _section_dict(self.data), "probes": _section_dict(self.probes)}
+        raw = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name in _SECTIONS:
+                raw[field.name] = _section_dict(value)
+            else:  # method, loss_kwargs
+                raw[field.name] = copy.deepcopy(dict(value) if isinstance(value, Mapping) else value)
+        return raw
 
     def to_json(self) -> str:
         """The canonical JSON text (sorted keys) that the job's identity hashes (prefopt.job.job_identity)."""

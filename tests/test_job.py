@@ -188,6 +188,26 @@ def test_align_never_resumes_a_checkpoint_of_other_settings(tiny_model_dir, trai
 
 @pytest.mark.parametrize("stage_factory, make_config", [(preference_stage, align_config), (sft_stage, sft_config)],
                          ids=["align", "sft"])
+def test_the_job_prepares_its_metrics_file_once(stage_factory, make_config, tiny_model_dir, train_file, tmp_path,
+                                                monkeypatch):
+    import prefopt.checkpoints
+    import prefopt.job
+    import prefopt.trainer
+
+    calls = []
+
+    def counted(*args):
+        calls.append(args)
+        return prefopt.checkpoints.prepare_metrics_file(*args)
+
+    for module in (prefopt.job, prefopt.trainer):
+        monkeypatch.setattr(module, "prepare_metrics_file", counted)
+    summary = run(stage_factory(), make_config(max_steps=2), tiny_model_dir, train_file, tmp_path)
+    assert len(calls) == 1 and summary["global_step"] == 2 and steps(tmp_path / "run") == [1, 2]
+
+
+@pytest.mark.parametrize("stage_factory, make_config", [(preference_stage, align_config), (sft_stage, sft_config)],
+                         ids=["align", "sft"])
 def test_non_finite_gradient_stops_before_the_update(stage_factory, make_config, tiny_model_dir, train_file,
                                                      tmp_path):
     config = make_config(save_steps=1)

@@ -138,6 +138,27 @@ def test_metrics_file_has_trl_names_and_slime_terms(tiny_model_dir, tokenizer, t
         assert total == pytest.approx(record["loss"], rel=1e-4)  # averaged over the same 2 micro-steps
 
 
+def test_resume_true_takes_the_newest_complete_checkpoint_and_trims_the_metrics_file(tiny_model_dir, tokenizer,
+                                                                                      tmp_path, caplog):
+    """Used alone (without prefopt.job), `train(resume_from_checkpoint=True)` resumes the newest checkpoint
+    Trainer finished writing (prefopt.checkpoints.select_checkpoint) and keeps the metrics up to its step."""
+    import logging
+
+    settings = dict(save_strategy="steps", save_steps=2, per_device_train_batch_size=2, rows=make_rows())
+    make_trainer(tiny_model_dir, tokenizer, tmp_path, "slime", max_steps=3, **settings).train()
+    assert [record["step"] for record in read_records(tmp_path / "slime-metrics.jsonl")] == [1, 2, 3]
+    incomplete = tmp_path / "ckpt-slime" / "checkpoint-3"  # as if killed while saving it: no trainer_state.json
+    incomplete.mkdir(exist_ok=True)
+    (incomplete / "trainer_state.json").unlink(missing_ok=True)
+    resumed = make_trainer(tiny_model_dir, tokenizer, tmp_path, "slime", max_steps=4, **settings)
+    with caplog.at_level(logging.WARNING, logger="prefopt.trainer"):
+        resumed.train(resume_from_checkpoint=True)
+    assert "resuming checkpoint-2, not checkpoint-3 (incomplete)" in caplog.text
+    assert [record["step"] for record in read_records(tmp_path / "slime-metrics.jsonl")] == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="no complete checkpoint"):
+        make_trainer(tiny_model_dir, tokenizer, tmp_path / "empty", "slime").train(resume_from_checkpoint=True)
+
+
 def test_non_finite_loss_names_step_and_term(tiny_model_dir, tokenizer, tmp_path):
     # p=1000 overflows softplus(...)^p to inf in fp32: the rejected term (and so the loss) is infinite
     trainer = make_trainer(tiny_model_dir, tokenizer, tmp_path, "slime", loss_kwargs={"p": 1000.0}, max_steps=2)
