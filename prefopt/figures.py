@@ -24,7 +24,7 @@ The manifest is the tables manifest (`prefopt.tables`: ``{"tables": [...], "not_
 ``"training_curves": [{"model": "smollm2", "model_label": "SmolLM2-135M", "label": "SLIME", "seed": 0,
 "metrics": ".../metrics.jsonl"}]`` (one entry per method of Table 3 and seed, labelled by the objective
 registry), where each metrics file holds one JSON record per logging step
-(`prefopt.trainer.MetricsFileCallback`) and the probe records. Which tables get a figure follows their
+(`prefopt.checkpoints.MetricsFileCallback`) and the probe records. Which tables get a figure follows their
 kind (ablations: bars; sweep: metrics against the value), the marked bar or point their role.
 """
 

@@ -29,6 +29,7 @@ import inspect
 import math
 import numbers
 import os
+import re
 import sys
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -37,6 +38,8 @@ from pathlib import Path
 from types import MappingProxyType
 
 BUILTIN_MODULES = ("prefopt.losses",)
+NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*")  # a run is `<name>-<hash>` (rules/common.smk's wildcard)
+RESERVED_NAMES = ("sft", "base")  # the DAG's own runs
 REFERENCE_ARGUMENTS = ("ref_chosen_logps", "ref_rejected_logps")
 _HYPERPARAMETER_TYPES = (bool, int, float)
 
@@ -214,6 +217,9 @@ def objective(name: str, *, label: str, citation: str, presets: Mapping[str, Map
 
     def register(fn: Callable) -> Callable:
         where = f"objective {name!r} ({fn.__module__}.{fn.__qualname__})"
+        if not NAME_PATTERN.fullmatch(str(name)) or name in RESERVED_NAMES:
+            raise ObjectiveError(f"{where}: a name is lower-case letters, digits and _ (it starts run names), "
+                                 f"and not one of {', '.join(RESERVED_NAMES)}")
         parameters = inspect.signature(fn).parameters
         keyword_only = [p for p in parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
         references = [p.name for p in keyword_only if p.name in REFERENCE_ARGUMENTS]

@@ -12,7 +12,7 @@ schedules by the same numbers (`--resources mem_mb=... gpu=...` caps them).
 
 Where the numbers come from:
 - sft, align: `launchers.<stage>` (`gpus`, `gpu_model`, `mem_mb`, `runtime_min`); threads are
-  `max(threads, num_processes)`, the CPUs the job's processes share (prefopt.run_config splits them).
+  `max(threads, num_processes)`, the CPUs the job's processes share (prefopt.training_args splits them).
 - evaluate, generate_answers, baseline_answers: `resources.inference`; one GPU each when
   `device: cuda`, none on CPU; `threads` CPUs.
 - prepare_model, prepare_baseline_model: `resources.prepare`; build_demo_data, split_data:

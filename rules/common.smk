@@ -17,7 +17,7 @@ BENCHMARKS = config["evaluation"]["benchmarks"]
 
 wildcard_constraints:
     model="|".join(re.escape(name) for name in sorted(config["models"])),
-    run=r"base|sft|[a-z]+-[0-9a-f]{10}",
+    run=r"base|sft|[a-z][a-z0-9_]*-[0-9a-f]{10}",
     judged="mt_bench|arena_hard",
 
 

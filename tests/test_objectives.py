@@ -111,6 +111,9 @@ def test_declarations_are_checked_when_registered():
         @objective("test_bad_default", label="x", citation="x")
         def bad_default(a, b, c, d, *, beta: Annotated[float, Range(gt=0)] = 0.0):
             return None
+    for bad_name in ("My-Loss", "sft", "2po"):
+        with pytest.raises(ObjectiveError, match="lower-case letters, digits and _"):
+            objective(bad_name, label="x", citation="x")(lambda a, b, c, d, *, beta=1.0: None)
     with pytest.raises(ObjectiveError, match="already registered by prefopt.losses"):
         @objective("slime", label="x", citation="x")
         def impostor(a, b, c, d, *, beta: float = 1.0):

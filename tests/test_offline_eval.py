@@ -220,7 +220,7 @@ def test_evaluate_script_end_to_end(tiny_model_dir, tmp_path):
     command = [sys.executable, str(REPO / "workflow/scripts/evaluate.py"), "--model", tiny_model_dir,
                "--eval", str(eval_file), "--benchmark", "offline", "demo_generation", "--out-dir", str(out_dir),
                "--label", "tiny", "--batch-size", "2", "--max-length", "64", "--max-prompt-length", "32",
-               "--max-new-tokens", "6", "--threads", "1", "--n-resamples", "200"]
+               "--max-new-tokens", "6", "--precision", "fp32", "--threads", "1", "--n-resamples", "200"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -259,7 +259,8 @@ def test_evaluate_script_merges_the_adapter(tiny_model_dir, tmp_path):
         out = tmp_path / name / "offline.json"
         command = [sys.executable, str(REPO / "workflow/scripts/evaluate.py"), "--model", tiny_model_dir, *extra,
                    "--eval", str(eval_file), "--benchmark", "offline", "--out-dir", str(out.parent), "--label", name,
-                   "--max-length", "64", "--max-prompt-length", "32", "--threads", "1", "--n-resamples", "50"]
+                   "--max-length", "64", "--max-prompt-length", "32", "--batch-size", "8", "--max-new-tokens", "8",
+                   "--precision", "fp32", "--threads", "1", "--n-resamples", "50"]
         completed = subprocess.run(command, capture_output=True, text=True, timeout=300,
                                    env=dict(os.environ, HF_HUB_OFFLINE="1"))
         assert completed.returncode == 0, completed.stderr[-3000:]

@@ -11,12 +11,18 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+# The evaluation's bootstrap settings (every CI of the tables; recorded in each result file), and the
+# rejected-token floor's quantile (the offline metric `rejected_token_logp_floor`): their one home.
+N_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+FLOOR_QUANTILE = 0.01
+
 
 def bootstrap_ci(
     values: Sequence[float] | np.ndarray,
     statistic: Callable[[np.ndarray], float] = np.mean,
-    n_resamples: int = 1000,
-    seed: int = 0,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
     confidence: float = 0.95,
 ) -> tuple[float, float]:
     """(low, high) percentile-bootstrap interval of `statistic` over `values`.
@@ -77,8 +83,8 @@ def item_bootstrap_ci(
     statistic: Callable[[np.ndarray], float],
     *,
     n_items: int,
-    n_resamples: int = 1000,
-    seed: int = 0,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
     confidence: float = 0.95,
 ) -> tuple[float, float]:
     """Percentile-bootstrap interval of `statistic(indices)`, where `indices` resample the items
@@ -95,8 +101,8 @@ def paired_bootstrap_ci(
     run_values: Sequence[float] | np.ndarray,
     reference_values: Sequence[float] | np.ndarray,
     *,
-    n_resamples: int = 1000,
-    seed: int = 0,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
     confidence: float = 0.95,
 ) -> tuple[float, float]:
     """(low, high) of mean(run) − mean(reference) over the same items, resampled together.
@@ -127,8 +133,8 @@ def paired_bootstrap_ci_over_seeds(
     run_values: Sequence | np.ndarray,
     reference_values: Sequence | np.ndarray,
     *,
-    n_resamples: int = 1000,
-    seed: int = 0,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
     confidence: float = 0.95,
 ) -> tuple[float, float]:
     """`paired_bootstrap_ci` for runs trained with several seeds: `run_values` is `[seeds, items]`

@@ -11,7 +11,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from prefopt.evaluation.bootstrap import bootstrap_ci
+from prefopt.evaluation.bootstrap import BOOTSTRAP_SEED, N_RESAMPLES, bootstrap_ci
 from prefopt.evaluation.generation import generate_replies
 
 
@@ -23,8 +23,8 @@ def evaluate_demo_accuracy(
     max_new_tokens: int = 64,
     batch_size: int = 8,
     max_prompt_length: int | None = None,
-    n_resamples: int = 1000,
-    seed: int = 0,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
 ) -> tuple[dict, list[dict]]:
     """(summary, per_example) of greedy-generation accuracy on demo rows.
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from prefopt.evaluation.bootstrap import bootstrap_ci
+from prefopt.evaluation.bootstrap import BOOTSTRAP_SEED, FLOOR_QUANTILE, N_RESAMPLES, bootstrap_ci
 
 # fp32 logits elements materialised at once when computing the entropy (~128 MiB).
 ENTROPY_CHUNK_ELEMENTS = 2**25
@@ -145,10 +145,10 @@ def evaluate_offline(
     max_length: int,
     max_prompt_length: int,
     batch_size: int = 8,
-    rejected_floor_quantile: float = 0.01,
+    rejected_floor_quantile: float = FLOOR_QUANTILE,
     slime_delta: float | None = None,
-    n_resamples: int = 1000,
-    seed: int = 0,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
     entropy: bool = True,
 ) -> tuple[dict, list[dict]]:
     """(summary, per_example) for preference rows (docs/architecture.md schema); see the module docstring.
@@ -225,8 +225,8 @@ def evaluate_offline(
 
 def summarize_offline(per_example: list[dict], rejected_token_logps: np.ndarray,
                       chosen_token_entropies: np.ndarray | None,
-                      *, rejected_floor_quantile: float = 0.01, slime_delta: float | None = None,
-                      n_resamples: int = 1000, seed: int = 0) -> dict:
+                      *, rejected_floor_quantile: float = FLOOR_QUANTILE, slime_delta: float | None = None,
+                      n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict:
     """The summary dict of `evaluate_offline` from its per-pair records and pooled token arrays."""
     if slime_delta is None:
         slime_delta = default_slime_delta()

@@ -9,24 +9,19 @@ One seed and no per-example files give the result files' own CIs.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import numpy as np
 
-from prefopt.evaluation.bootstrap import (PooledQuantile, bootstrap_ci, item_bootstrap_ci,
-                                          paired_bootstrap_ci_over_seeds, seed_mean_items)
+from prefopt.evaluation.bootstrap import (BOOTSTRAP_SEED, FLOOR_QUANTILE, N_RESAMPLES, PooledQuantile,
+                                          bootstrap_ci, item_bootstrap_ci, paired_bootstrap_ci_over_seeds,
+                                          seed_mean_items)
 from prefopt.tables.results import (COUNT_KEYS, RESULT_KEYS, SCORE_KEYS, evaluation_settings, raw_values,
                                     row_seed_results, seed_items)
 
-# Where a result does not record its bootstrap settings, the evaluation's own defaults (one home:
-# the signature of prefopt.evaluation.bootstrap.bootstrap_ci), so recomputed CIs match.
-_BOOTSTRAP_DEFAULTS = inspect.signature(bootstrap_ci).parameters
-N_RESAMPLES: int = _BOOTSTRAP_DEFAULTS["n_resamples"].default
-BOOTSTRAP_SEED: int = _BOOTSTRAP_DEFAULTS["seed"].default
-# The rejected-floor quantile where an offline result does not record one (`rejected_floor_quantile`;
-# prefopt.evaluation.offline's default, not imported: that module needs torch).
-DEFAULT_FLOOR_QUANTILE = 0.01
+# Where a result does not record its bootstrap settings or floor quantile, the evaluation's own
+# (prefopt.evaluation.bootstrap), so recomputed CIs match.
+DEFAULT_FLOOR_QUANTILE = FLOOR_QUANTILE
 
 NO_EXAMPLES = ("a result without its per-example file (<benchmark>.examples.jsonl) keeps its result file's CIs; "
                "its differences from SFT and its rejected floor then have no CI")

@@ -20,6 +20,8 @@ import logging
 import sys
 import time
 
+from prefopt.evaluation.bootstrap import BOOTSTRAP_SEED, N_RESAMPLES
+
 log = logging.getLogger("evaluate")
 
 BENCHMARKS = ("offline", "demo_generation")
@@ -34,16 +36,17 @@ def parse_args(argv=None):
                         help="one or more benchmarks, scored with the same loaded model")
     parser.add_argument("--out-dir", required=True, help="<benchmark>.json and <benchmark>.examples.jsonl go here")
     parser.add_argument("--label", required=True, help="name of this model/run in tables")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-length", type=int, default=512, help="offline: prompt + completion tokens")
-    parser.add_argument("--max-prompt-length", type=int, default=256)
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="demo_generation: reply length")
-    parser.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16", "fp16"),
+    # Settings the rule passes from the config (their defaults live in the schema alone).
+    parser.add_argument("--batch-size", type=int, required=True, help="evaluation.batch_size")
+    parser.add_argument("--max-length", type=int, required=True, help="offline: prompt + completion tokens")
+    parser.add_argument("--max-prompt-length", type=int, required=True)
+    parser.add_argument("--max-new-tokens", type=int, required=True, help="demo_generation: reply length")
+    parser.add_argument("--precision", required=True, choices=("auto", "fp32", "bf16", "fp16"),
                         help="auto: bf16 where this node runs bf16 natively, else fp32 (prefopt.precision)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--n-resamples", type=int, default=N_RESAMPLES, help="bootstrap resamples for the 95%% CIs")
+    parser.add_argument("--seed", type=int, default=BOOTSTRAP_SEED, help="bootstrap seed")
     return parser.parse_args(argv)
 
 
