@@ -20,6 +20,7 @@ import importlib.util
 import json
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,16 @@ class PlanError(ValueError):
     def __init__(self, key: str, message: str):
         super().__init__(f"{key}: {message}")
         self.key, self.message = key, message
+
+
+@contextmanager
+def objective_errors_as_plan_errors():
+    """An objective's check (its message starts with the config key it was given) as the plan's error."""
+    try:
+        yield
+    except ObjectiveError as error:
+        key, _, message = str(error).partition(": ")
+        raise PlanError(key, message) from None
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -176,12 +187,10 @@ def training_settings(config: dict, stage: str, model: str) -> dict:
 def loss_kwargs(config: dict, method: str, overrides: dict | None = None, where: str | None = None) -> dict:
     """Every hyperparameter of `method` resolved: its signature's defaults (prefopt.objectives), a named
     preset, the config's `methods.<method>`, then an ablation's or a sweep's overrides (checked, named by `where`)."""
-    try:
+    with objective_errors_as_plan_errors():
         spec = get_objective(method)
         resolved = spec.resolve(config["methods"].get(method) or {}, f"methods.{method}")
         resolved.update(spec.check_kwargs(overrides or {}, where or f"methods.{method}"))
-    except ObjectiveError as error:
-        raise PlanError(*str(error).split(": ", 1)) from None
     return resolved
 
 
@@ -287,10 +296,8 @@ def sweep_target(config: dict, key: str) -> tuple[str, str, str]:
     method = method or OURS
     if method not in config["methods"]:
         raise PlanError(f"ablations.sweeps.{key}", f"sweeps {method}'s {parameter}, so 'methods' must include {method}")
-    try:
+    with objective_errors_as_plan_errors():
         get_objective(method).hyperparameter(parameter, f"ablations.sweeps.{key}")
-    except ObjectiveError as error:
-        raise PlanError(*str(error).split(": ", 1)) from None
     if (method, parameter) == (OURS, "p"):
         return method, parameter, "table5"  # the paper's Table 5
     return method, parameter, "sweep_" + (parameter if method == OURS else f"{method}_{parameter}")
@@ -317,10 +324,10 @@ def make_plan(config: dict) -> Plan:
     if model is None:
         return plan
     ablations = config["ablations"]
-    table4 = Table("table4", "ablations", method=OURS)
-    plan.tables.append(table4)
     if OURS not in config["methods"]:
         raise PlanError("ablations", f"the ablations vary SLIME, so 'methods' must include {OURS}")
+    table4 = Table("table4", "ablations", method=OURS)
+    plan.tables.append(table4)
     table4.rows.append(Row(model, "Full SLIME", "reference", plan.add(config, model, OURS)))
     names = [component["name"] for component in ablations["components"]]
     if len(set(names)) != len(names):
@@ -330,25 +337,27 @@ def make_plan(config: dict) -> Plan:
         table4.rows.append(Row(model, component["label"], "row", plan.add(config, model, OURS, component["overrides"], where)))
     seen = {}
     for key, values in ablations["sweeps"].items():
-        method, parameter, name = sweep_target(config, key)
-        if name in seen:
-            raise PlanError(f"ablations.sweeps.{key}", f"sweeps the same hyperparameter as '{seen[name]}'")
-        seen[name] = key
-        spec = get_objective(method).hyperparameter(parameter)
-        checked = []
-        for index, value in enumerate(values):
-            try:
-                checked.append(spec.check(value, f"ablations.sweeps.{key}[{index}]"))
-            except ObjectiveError as error:
-                raise PlanError(*str(error).split(": ", 1)) from None
-        default = loss_kwargs(config, method)[parameter]
-        table = Table(name, "sweep", method=method, parameter=parameter)
+        table = sweep_table(config, plan, model, key, values)
+        if table.name in seen:
+            raise PlanError(f"ablations.sweeps.{key}", f"sweeps the same hyperparameter as '{seen[table.name]}'")
+        seen[table.name] = key
         plan.tables.append(table)
-        for value in sorted(set(checked) | {default}):  # every sweep holds its default value, the reference row
-            role = "reference" if value == default else "row"
-            runs = plan.add(config, model, method, {parameter: value}, f"ablations.sweeps.{key}")
-            table.rows.append(Row(model, value_label(value), role, runs, value))
     return plan
+
+
+def sweep_table(config: dict, plan: Plan, model: str, key: str, values: list) -> Table:
+    """The Table-5-shaped table of one `ablations.sweeps` entry; its runs join `plan`. The method's
+    default value (after preset and config) is always a row: the reference the others are compared with."""
+    method, parameter, name = sweep_target(config, key)
+    spec = get_objective(method).hyperparameter(parameter)
+    with objective_errors_as_plan_errors():
+        checked = [spec.check(value, f"ablations.sweeps.{key}[{index}]") for index, value in enumerate(values)]
+    default = loss_kwargs(config, method)[parameter]
+    table = Table(name, "sweep", method=method, parameter=parameter)
+    for value in sorted(set(checked) | {default}):
+        runs = plan.add(config, model, method, {parameter: value}, f"ablations.sweeps.{key}")
+        table.rows.append(Row(model, value_label(value), "reference" if value == default else "row", runs, value))
+    return table
 
 
 def plan_run_config(config: dict, plan: Plan, model: str, run: str) -> dict:
