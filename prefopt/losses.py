@@ -26,12 +26,28 @@ The formulas, defaults, ablations and conventions are written out in docs/object
 
 from __future__ import annotations
 
+import importlib
 from typing import Annotated
 
-import torch
-import torch.nn.functional as F
-
 from prefopt.objectives import Range, UnknownHyperparameterError, get_objective, objective
+
+
+class _OnFirstUse:
+    """A module imported when one of its attributes is first read. The planner imports this file for
+    the objectives' signatures (a Snakefile parse, every dry run) and never calls a loss: torch is not
+    imported for it. Each attribute is looked up once, then kept."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attribute: str):
+        value = getattr(importlib.import_module(self._name), attribute)
+        setattr(self, attribute, value)
+        return value
+
+
+torch = _OnFirstUse("torch")
+F = _OnFirstUse("torch.nn.functional")
 
 __all__ = [
     "SLIME_PRESETS",

@@ -55,10 +55,16 @@ def test_every_import_points_down_the_documented_layers():
     assert not upward, "\n".join(upward)
 
 
-def test_the_planner_and_the_run_config_do_not_import_torch():
+def test_planning_does_not_import_torch():
+    """Parsing the Snakefile (every dry run) makes the plan from the objectives' signatures; no torch."""
     import subprocess
     import sys
 
-    code = ("import sys, prefopt.plan, prefopt.run_config, prefopt.config_schema, prefopt.tables; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = ("import sys, yaml, prefopt.run_config, prefopt.tables\n"
+            "from prefopt.config_schema import load_config\n"
+            "from prefopt.plan import make_plan\n"
+            "config = load_config(yaml.safe_load(open('config.yaml')), 'schemas/config.schema.yaml')\n"
+            "config['precision'] = 'fp32'\n"
+            "assert len(make_plan(config).runs) == 12\n"
+            "assert 'prefopt.losses' in sys.modules and 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
