@@ -187,17 +187,6 @@ class RunConfig:
         return hash(self.to_json())
 
 
-def load_run_config(path: str | os.PathLike) -> RunConfig:
-    """`RunConfig.load(path)`."""
-    return RunConfig.load(path)
-
-
-def validate_run_config(config: dict) -> dict:
-    """Check a run-config dict (e.g. one the plan made) the way a job checks its file; returns `config` itself."""
-    RunConfig.from_dict(config)
-    return config
-
-
 # ------------------------------------------------------------------------------------------- the schema
 
 

@@ -18,7 +18,7 @@ from transformers import TrainerCallback
 from prefopt.guards import NonFiniteStepError
 from prefopt.io import write_jsonl
 from prefopt.job import IDENTITY_FILE, content_identity, job_identity, preference_stage, run_job, select_checkpoint, sft_stage
-from prefopt.run_config import RunConfigError, validate_run_config
+from prefopt.run_config import RunConfig, RunConfigError
 from run_configs import checked_run_config, complete_run_config
 from test_trainer import make_rows
 
@@ -128,16 +128,16 @@ def test_select_checkpoint_resumes_only_complete_checkpoints_of_its_identity(tmp
 
 def test_run_config_must_be_complete():
     config = complete_run_config("slime")
-    assert validate_run_config(config) is config
+    assert RunConfig.from_dict(config).to_dict() == config
     del config["training"]["weight_decay"]
     with pytest.raises(RunConfigError, match=r"'training\.weight_decay' is missing"):
-        validate_run_config(config)
+        RunConfig.from_dict(config)
     config = complete_run_config("slime")
     del config["loss_kwargs"]["p"]
     with pytest.raises(RunConfigError, match=r"'loss_kwargs\.p' is missing"):
-        validate_run_config(config)
+        RunConfig.from_dict(config)
     with pytest.raises(RunConfigError, match=r"'data\.on_bad'"):
-        validate_run_config({**complete_run_config("slime"), "data": {"on_bad": "drop"}})
+        RunConfig.from_dict({**complete_run_config("slime"), "data": {"on_bad": "drop"}})
 
 
 def test_run_job_takes_a_checked_run_config(tmp_path, train_file):

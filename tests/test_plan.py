@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from prefopt import plan
-from prefopt.run_config import validate_run_config
+from prefopt.run_config import RunConfig
 from run_configs import experiment_config
 
 
@@ -22,10 +22,10 @@ def test_every_planned_run_config_is_complete():
     config = config_with()
     made = plan.make_plan(config)
     for (model, name), run_config in made.runs.items():
-        assert validate_run_config(run_config) is run_config
+        assert RunConfig.from_dict(run_config).to_dict() == run_config
         assert name == plan.run_name(run_config) and name.startswith(run_config["method"] + "-")
     sft = plan.run_config(config, "m", "sft")
-    assert validate_run_config(sft)["training"]["learning_rate"] == 2e-4  # the schema's SFT default
+    assert RunConfig.from_dict(sft).training.learning_rate == 2e-4  # the schema's SFT default
     assert sft["training"]["num_train_epochs"] == 3 and sft["lora"]["r"] == 64
 
 
