@@ -80,7 +80,7 @@ def load_config(config: dict, schema_path: str | os.PathLike | dict) -> dict:
 # Defaults
 
 
-def _resolve_ref(ref: str, root: dict) -> dict:
+def resolve_ref(ref: str, root: dict) -> dict:
     if not ref.startswith("#"):
         raise ValueError(f"only local $refs are supported, got {ref!r}")
     node: Any = root
@@ -91,7 +91,7 @@ def _resolve_ref(ref: str, root: dict) -> dict:
 
 def _fits_type(value: Any, schema: dict, root: dict) -> bool:
     """Whether `value` has a type `schema` allows (a schema without `type` allows any)."""
-    schema = _resolve_ref(schema["$ref"], root) if "$ref" in schema and "type" not in schema else schema
+    schema = resolve_ref(schema["$ref"], root) if "$ref" in schema and "type" not in schema else schema
     types = schema.get("type")
     if types is None:
         return True
@@ -108,7 +108,7 @@ def _applicable(schema: dict, value: Any, root: dict) -> Iterator[dict]:
     """`schema` and every subschema that applies to `value` in place: `$ref`, `allOf`, fitting `oneOf`/`anyOf`."""
     yield schema
     if "$ref" in schema:
-        yield from _applicable(_resolve_ref(schema["$ref"], root), value, root)
+        yield from _applicable(resolve_ref(schema["$ref"], root), value, root)
     for sub in schema.get("allOf", []):
         yield from _applicable(sub, value, root)
     for keyword in ("oneOf", "anyOf"):
@@ -122,7 +122,7 @@ def _default(schema: dict, root: dict) -> Any:
     if "default" in schema:
         return schema["default"]
     if "$ref" in schema:
-        found = _default(_resolve_ref(schema["$ref"], root), root)
+        found = _default(resolve_ref(schema["$ref"], root), root)
         if found is not _UNSET:
             return found
     for sub in schema.get("allOf", []):

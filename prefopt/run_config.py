@@ -209,19 +209,12 @@ def schema_default(key: str):
     return fill_defaults(copy.deepcopy(declared["default"]), declared, root=schema)
 
 
-def _pointer(root: dict, ref: str) -> dict:
-    if not ref.startswith("#/"):
-        raise ValueError(f"only local $refs are supported, got {ref!r}")
-    node = root
-    for part in ref[2:].split("/"):
-        node = node[part.replace("~1", "/").replace("~0", "~")]
-    return node
-
-
 def _inlined(node: dict, root: dict) -> dict:
     """`node` with every `$ref` replaced by the definition it names (the run-config schema has no cycles)."""
     if "$ref" in node:
-        target = _inlined(_pointer(root, node["$ref"]), root)
+        from prefopt.config_schema import resolve_ref
+
+        target = _inlined(resolve_ref(node["$ref"], root), root)
         rest = {key: value for key, value in node.items() if key != "$ref"}
         node = {**target, **rest} if set(rest) <= _ANNOTATIONS else {"allOf": [target], **rest}
     node = dict(node)
