@@ -294,6 +294,10 @@ def sweep_target(config: dict, key: str) -> tuple[str, str, str]:
     `delta` SLIME's delta (sweep_delta), `simpo.beta` SimPO's beta (sweep_simpo_beta)."""
     method, _, parameter = key.rpartition(".")
     method = method or OURS
+    try:
+        get_objective(method)
+    except ObjectiveError as error:  # an unknown method, with its near miss
+        raise PlanError(f"ablations.sweeps.{key}", str(error)) from None
     if method not in config["methods"]:
         raise PlanError(f"ablations.sweeps.{key}", f"sweeps {method}'s {parameter}, so 'methods' must include {method}")
     with objective_errors_as_plan_errors():

@@ -71,6 +71,8 @@ def test_seeds_multiply_alignment_runs_and_change_their_names():
      "ablations.sweeps.use_hard_margin[0]: must be true or false, got 0.5"),
     ({"methods": {"slime": {}}, "ablations": {"model": "m", "sweeps": {"dpo.beta": [0.5]}}},
      "ablations.sweeps.dpo.beta: sweeps dpo's beta, so 'methods' must include dpo"),
+    ({"ablations": {"model": "m", "sweeps": {"simpoo.beta": [1.0]}}},
+     "ablations.sweeps.simpoo.beta: unknown objective 'simpoo'; did you mean 'simpo'?"),
     ({"ablations": {"model": "m", "sweeps": {"p": [1.0], "slime.p": [2.0]}}},
      "ablations.sweeps.slime.p: sweeps the same hyperparameter as 'p'"),
     ({"methods": {"slime": {"preset": "authors_code"}, "dpo": {"beta": 0.1}}, "ablations": {"model": "m", "sweeps": {"delta": [0.5]}}},
