@@ -125,6 +125,17 @@ class Hyperparameter:
         return {"type": kind, **(self.range.json_schema() if self.type is not bool else {})}
 
 
+def format_value(value) -> str:
+    """A hyperparameter's value as tables and figures show it: true/false, an int as is, a float with one
+    decimal where that is exact (2.5, 1.0), else in `g` form (1.25, 1e-05)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return str(value)
+    value = float(value)
+    return f"{value:.1f}" if round(value, 1) == value else f"{value:g}"
+
+
 def _hyperparameter(parameter: inspect.Parameter, namespace: dict, where: str) -> Hyperparameter:
     annotation = parameter.annotation
     if isinstance(annotation, str):  # `from __future__ import annotations`: evaluate only this one

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefopt import resources
-from prefopt.objectives import ObjectiveError, get_objective, objective_sources
+from prefopt.objectives import ObjectiveError, format_value, get_objective, objective_sources
 
 RESULTS = "results"
 EVALUATION_BENCHMARKS = ("offline", "demo_generation")  # the `evaluate` rule's, with per-example files
@@ -307,11 +307,6 @@ def sweep_target(config: dict, key: str) -> tuple[str, str, str]:
     return method, parameter, "sweep_" + (parameter if method == OURS else f"{method}_{parameter}")
 
 
-def value_label(value) -> str:
-    """A sweep row's label: `true`/`false`, or the value as Python writes it (2.0, 1.25), as Table 5 shows p."""
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
 def make_plan(config: dict) -> Plan:
     """The runs and tables of a validated config (defaults filled)."""
     plan = Plan(sources={method: source for method, source in objective_sources(config["objectives"]).items()
@@ -360,7 +355,7 @@ def sweep_table(config: dict, plan: Plan, model: str, key: str, values: list) ->
     table = Table(name, "sweep", method=method, parameter=parameter)
     for value in sorted(set(checked) | {default}):
         runs = plan.add(config, model, method, {parameter: value}, f"ablations.sweeps.{key}")
-        table.rows.append(Row(model, value_label(value), "reference" if value == default else "row", runs, value))
+        table.rows.append(Row(model, format_value(value), "reference" if value == default else "row", runs, value))
     return table
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from prefopt.objectives import format_value
 from prefopt.tables.results import (BENCHMARK_NAMES, check_manifest, floor_quantile, manifest_table,
                                     rows_with_role)
 from prefopt.tables.statistics import (DEFAULT_FLOOR_QUANTILE, PairedReference, Reference, row_values,
@@ -134,16 +135,6 @@ class Table:
 
 
 # ---------------------------------------------------------------------------------------------- labels
-
-
-def format_value(value) -> str:
-    """A swept hyperparameter's value as a label: one decimal where that is exact (2.5, 1.0), else as is."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int):
-        return str(value)
-    value = float(value)
-    return f"{value:.1f}" if round(value, 1) == value else f"{value:g}"
 
 
 def row_label(spec: dict, entry: dict, where: str) -> str:
