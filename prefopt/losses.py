@@ -670,8 +670,7 @@ def compute_loss(
     An unknown keyword raises UnknownHyperparameterError naming it (with a near miss); a reference-based
     objective without `ref_*`, or a reference-free one given `ref_*`, raises ValueError.
     """
-    spec = get_objective(name)
-    kwargs = spec.check_kwargs(kwargs, f"loss {name!r}")
+    spec = get_objective(name)  # its function checks `kwargs` against the signature
     references = {"ref_chosen_logps": ref_chosen_logps, "ref_rejected_logps": ref_rejected_logps}
     if spec.needs_reference:
         missing = [key for key, value in references.items() if value is None]

@@ -221,8 +221,8 @@ REGISTRY: Mapping[str, Objective] = MappingProxyType(_REGISTRY)
 def objective(name: str, *, label: str, citation: str, presets: Mapping[str, Mapping] | None = None):
     """Register the decorated loss function as objective `name` (see the module docstring).
 
-    Its hyperparameter keywords are checked against their types and ranges on every call, so a bad
-    value fails naming the parameter whether the loss is called directly or through the registry.
+    Its hyperparameter keywords are checked against their names, types and ranges on every call, so a
+    bad or misspelt one fails naming the parameter whether the loss is called directly or through the registry.
     `presets` are named partial settings, each checked against the signature here.
     """
 
@@ -242,14 +242,13 @@ def objective(name: str, *, label: str, citation: str, presets: Mapping[str, Map
             raise ObjectiveError(f"{where}: hyperparameter {undefaulted[0]!r} needs a default")
         hyperparameters = tuple(_hyperparameter(p, fn.__globals__, f"{where}: {p.name}")
                                 for p in keyword_only if p.name not in REFERENCE_ARGUMENTS)
-        by_name = {hp.name: hp for hp in hyperparameters}
+
+        tensors = set(parameters) - {hp.name for hp in hyperparameters}  # log-probs, masks, ref_* log-probs
 
         @functools.wraps(fn)
-        def checked(*args, **kwargs):
-            for key, value in kwargs.items():
-                if key in by_name:
-                    kwargs[key] = by_name[key].check(value)
-            return fn(*args, **kwargs)
+        def checked(*args, **kwargs):  # `spec` is the registered Objective below
+            given_tensors = {key: kwargs.pop(key) for key in tensors & kwargs.keys()}
+            return fn(*args, **spec.check_kwargs(kwargs), **given_tensors)
 
         spec = Objective(name=name, fn=checked, label=label, citation=citation, hyperparameters=hyperparameters,
                          needs_reference=bool(references), presets={}, module=fn.__module__)
