@@ -131,47 +131,18 @@ def _first_batch(trainer) -> dict:
     return trainer._prepare_inputs(batch)
 
 
-def test_dpo_loss_equals_trl_dpo_trainer_sigmoid(tokenizer_dir, tiny_model_dir, tmp_path):
-    from transformers import AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
-
+def test_dpo_loss_equals_trl_dpo_trainer_sigmoid(tiny_model_dir, tmp_path):
     beta = 0.1
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    policy = _load(tiny_model_dir, noise_seed=1)
-    reference = _load(tiny_model_dir)
-    args = DPOConfig(**_common_args(tmp_path), beta=beta, loss_type=["sigmoid"], precompute_ref_log_probs=False)
-    trainer = DPOTrainer(
-        model=policy, ref_model=reference, args=args, train_dataset=_dataset(), processing_class=tokenizer
-    )
-    batch = _first_batch(trainer)
-    trainer.model.eval()
-    with torch.no_grad():
-        trl_loss = trainer.compute_loss(trainer.model, batch, return_outputs=False)
-    trl_metrics = {name: values[-1] for name, values in trainer._metrics["eval"].items()}
-
-    # The layout: [chosen rows; rejected rows], completion_mask over input positions.
-    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-    mask = batch["completion_mask"][:, 1:].bool()
-    assert input_ids.shape[0] == 2 * len(PAIRS)
-    policy_logps = token_logps(trainer.model, input_ids, attention_mask)
-    reference_logps = token_logps(trainer.ref_model, input_ids, attention_mask)
-    chosen_logps, rejected_logps = policy_logps.chunk(2)
-    ref_chosen_logps, ref_rejected_logps = reference_logps.chunk(2)
-    chosen_mask, rejected_mask = mask.chunk(2)
-    # Padded positions hold garbage; the loss must not see it.
-    chosen_logps = chosen_logps.masked_fill(~chosen_mask, float("nan"))
-    ref_rejected_logps = ref_rejected_logps.masked_fill(~rejected_mask, 1e9)
-
-    loss, metrics = dpo_loss(
-        chosen_logps, chosen_mask, rejected_logps, rejected_mask,
-        ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps, beta=beta,
-    )
+    # TRL's layout: [chosen rows; rejected rows], completion_mask over input positions (_dpo_trainer_with_grad).
+    _, trl_loss, trl_metrics, inputs = _dpo_trainer_with_grad(tiny_model_dir, tmp_path, beta=beta,
+                                                                loss_type=["sigmoid"])
+    loss, metrics = dpo_loss(**inputs, beta=beta)
     assert not math.isclose(trl_loss.item(), math.log(2), abs_tol=1e-3), "policy == reference: a vacuous test"
     assert loss.item() == pytest.approx(trl_loss.item(), abs=TOL)
     for name in SHARED_METRICS:
         assert metrics[name].item() == pytest.approx(trl_metrics[name], abs=TOL, rel=TOL), name
     # TRL logs logps/* as summed (not length-normalised) sequence log-probs for DPO; so do we.
-    expected_sum = torch.where(chosen_mask, policy_logps.chunk(2)[0], 0.0).sum(-1).mean()
+    expected_sum = torch.where(inputs["chosen_mask"], inputs["chosen_logps"], 0.0).sum(-1).mean()
     assert metrics["logps/chosen"].item() == pytest.approx(expected_sum.item(), abs=TOL)
 
 
