@@ -25,7 +25,10 @@ announce_precisions(
 )
 
 # The runs, tables and checks of the config (prefopt/plan.py); a bad config exits with one line.
-PLAN = workflow_plan(config, main_process=workflow.is_main_process)
+# Through the SLURM executor (profiles/slurm: a `--jobs` executor, or a job it started), training
+# launchers start once per node with srun (docs/multinode.md); Snakemake names no executor while parsing.
+ON_SLURM = workflow.resource_settings.nodes is not None or workflow.remote_exec
+PLAN = workflow_plan(config, main_process=workflow.is_main_process, on_slurm=ON_SLURM)
 
 # Jobs run this Snakemake's own Python and tools (`python`, `accelerate`) with or without an
 # activated venv, locally and in SLURM jobs (prefopt/resources.py).

@@ -97,14 +97,16 @@ def judge_key_variables(config: dict) -> list[str]:
     return [judge["api_key_env"]] if judge.get("api_key_env") else []
 
 
-def workflow_plan(config: dict, *, main_process: bool = True) -> Plan:
-    """`make_plan` after the checks that read this machine (model files, GPU requests); a bad config
-    exits with its one line, as the schema's errors do (`sys.exit` keeps Snakemake's output to that line).
+def workflow_plan(config: dict, *, main_process: bool = True, on_slurm: bool = False) -> Plan:
+    """`make_plan` after the checks that read this machine (model files, GPU requests, launchers: `on_slurm`
+    when the jobs run through the SLURM executor); a bad config exits with its one line, as the schema's
+    errors do (`sys.exit` keeps Snakemake's output to that line).
     An unset judge key is a warning, not an error: a dry run or the tables need no key."""
     try:
         check_model_sources(config)
         check_benchmarks(config)
         resources.check_gpu_requests(config=config)
+        check_launchers(config, on_slurm=on_slurm)
         plan = make_plan(config)
     except (PlanError, resources.ResourcesError) as error:
         sys.exit(f"config error: {error}")
@@ -465,21 +467,59 @@ def accelerate_mixed_precision(config: dict) -> str:
     return "bf16" if config["precision"] == "bf16" else "no"
 
 
-def launch_command(config: dict, stage: str, repo: str) -> str:
-    """The command that starts a training script: plain python, or accelerate with DDP / DeepSpeed ZeRO-2."""
+MACHINE_ARGS = ("--num_machines", "--machine_rank", "--main_process_ip")  # set from `nodes` on SLURM
+
+
+def check_launchers(config: dict, *, on_slurm: bool) -> None:
+    """Raise `PlanError` for a launcher that cannot run where the jobs run: `nodes` above 1 needs
+    SLURM and an accelerate launcher (ddp, zero2), and accelerate's machine settings come from `nodes`."""
+    for stage in STAGES:
+        settings, key = launcher(config, stage), f"launchers.{stage}"
+        nodes = settings.get("nodes", 1)
+        if nodes > 1 and not on_slurm:
+            raise PlanError(f"{key}.nodes", f"{nodes} nodes need SLURM (--workflow-profile profiles/slurm); "
+                                            "jobs run on this machine take nodes: 1")
+        if nodes > 1 and settings.get("type", "python") == "python":
+            raise PlanError(f"{key}.nodes", f"{nodes} nodes need type ddp or zero2 (python starts one process)")
+        named = [arg for arg in MACHINE_ARGS if arg in settings.get("extra_args", "").split()]
+        if named:
+            raise PlanError(f"{key}.extra_args", f"{named[0]} is set by the workflow; give nodes instead")
+
+
+def srun_per_node(config: dict, stage: str) -> str:
+    """srun starting one task per node of the job, with the job's CPUs each, all killed when one fails.
+    `--overlap`: with one node the job's command already runs inside the jobstep plugin's own srun
+    step, which holds the job's CPUs, memory and GPUs."""
+    nodes = launcher(config, stage).get("nodes", 1)
+    cpus = resources.job_threads(config=config, rule=stage)
+    return (f"srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --cpus-per-task={cpus} "
+            "--overlap --kill-on-bad-exit=1")
+
+
+def launch_command(config: dict, stage: str, repo: str, *, on_slurm: bool = False) -> str:
+    """The command that starts a training script: plain python, or accelerate with DDP / DeepSpeed ZeRO-2.
+
+    On SLURM (`on_slurm`: the main process of the slurm executor and every job it starts alike)
+    the launcher starts through `srun_per_node`, once per node: workflow/scripts/launch_node.sh runs
+    `accelerate launch --machine_rank $SLURM_NODEID --main_process_ip <first node>` with these
+    arguments; `num_processes` counts each node's, `--num_processes` all of them."""
     settings = launcher(config, stage)
     kind = settings.get("type", "python")
     if kind == "python":
-        return "python"
+        return f"{srun_per_node(config, stage)} python" if on_slurm else "python"
+    nodes = settings.get("nodes", 1)
     on_cpu = config["device"] == "cpu"
     default_file = {"ddp": "configs/accelerate/cpu_ddp.yaml" if on_cpu else "configs/accelerate/ddp.yaml",
                     "zero2": "configs/accelerate/zero2.yaml"}[kind]
-    # Jobs started together on one machine need distinct rendezvous ports; multi-node runs fix one.
+    # Jobs started together on one machine need distinct rendezvous ports. On SLURM the job's shell
+    # runs on its first node, the main one, so a port free there serves every node.
     port = settings.get("main_process_port") or f"$(python {repo}/workflow/scripts/free_port.py)"
     parts = [
-        "accelerate launch",
         f"--config_file {settings.get('accelerate_config', default_file)}",
-        f"--num_processes {settings.get('num_processes', 1)}",
+        f"--num_processes {nodes * settings.get('num_processes', 1)}",
+        f"--num_machines {nodes}" if on_slurm else "",
+        # Without it DeepSpeed on several machines starts its ranks over pdsh/ssh, not once per node.
+        "--deepspeed_multinode_launcher standard" if on_slurm and kind == "zero2" else "",
         f"--mixed_precision {accelerate_mixed_precision(config)}",
         # On CPU, DDP needs --multi_gpu (`--cpu` would quietly start one process); zero2 must not get
         # it: the flag overrides the yaml's DEEPSPEED type and the job silently runs as plain DDP.
@@ -487,5 +527,7 @@ def launch_command(config: dict, stage: str, repo: str) -> str:
         f"--main_process_port {port}",
         settings.get("extra_args", ""),
     ]
-    return " ".join(part for part in parts if part)
-
+    arguments = " ".join(part for part in parts if part)
+    if on_slurm:
+        return f"{srun_per_node(config, stage)} bash {repo}/workflow/scripts/launch_node.sh {arguments}"
+    return f"accelerate launch {arguments}"

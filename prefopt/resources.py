@@ -20,6 +20,13 @@ Where the numbers come from:
 
 GPUs, the GPU type and the single-task layout are asked for only when the config asks for GPUs,
 so a CPU config submits CPU jobs. `cpus_per_task` always equals the job's threads.
+
+A training stage with `nodes: N` above 1 (SLURM only; prefopt.plan.check_launchers) asks for N nodes,
+one task each, and its threads, memory and GPUs on every node (`multinode_resources`):
+
+    # launchers.align: {type: zero2, nodes: 2, num_processes: 8, gpus: 8, gpu_model: h100}
+    # {'mem_mb': 8000, 'runtime': 120, 'cpus_per_task': 8, 'nodes': 2, 'tasks': 2, 'mpi': 'srun',
+    #  'gres': 'gpu:h100:8', 'tasks_per_gpu': 0}
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["RULE_GROUPS", "ResourcesError", "check_gpu_requests", "job_gpus", "job_resources", "job_threads"]
+__all__ = ["RULE_GROUPS", "ResourcesError", "check_gpu_requests", "job_gpus", "job_resources", "job_threads",
+           "multinode_resources"]
 
 TRAINING_RULES = ("sft", "align")
 INFERENCE_RULES = ("evaluate", "generate_answers", "baseline_answers")
@@ -99,7 +107,8 @@ def check_gpu_requests(*, config: dict) -> None:
 
 def job_resources(*, config: dict, rule: str) -> dict:
     """The Snakemake resources of one job: `mem_mb`, `runtime` (minutes), `cpus_per_task`, and with
-    GPUs `gpu`, `gpu_model` (when set) and `tasks: 0`."""
+    GPUs `gpu`, `gpu_model` (when set) and `tasks: 0`; a training stage on several nodes gets
+    `multinode_resources` instead of the GPU keys."""
     key, block = _block(config, rule)
     resources = {
         "mem_mb": block["mem_mb"],
@@ -107,13 +116,29 @@ def job_resources(*, config: dict, rule: str) -> dict:
         "cpus_per_task": job_threads(config=config, rule=rule),
     }
     gpus = job_gpus(config=config, rule=rule)
-    if gpus:
+    if rule in TRAINING_RULES and block.get("nodes", 1) > 1:
+        resources.update(multinode_resources(nodes=block["nodes"], gpus=gpus, gpu_model=block.get("gpu_model")))
+    elif gpus:
         resources["gpu"] = gpus
         if block.get("gpu_model"):
             resources["gpu_model"] = block["gpu_model"]
         # One task holds every GPU and starts its own processes (accelerate), rather than the SLURM
         # plugin splitting an N-GPU job into N one-GPU tasks (snakemake-executor-plugin-slurm #459).
         resources["tasks"] = 0
+    return resources
+
+
+def multinode_resources(*, nodes: int, gpus: int, gpu_model: str | None) -> dict:
+    """What a job on `nodes` nodes asks the SLURM plugin for: `--nodes=N --ntasks=N` (one task per node,
+    `cpus_per_task` CPUs and `mem_mb` each) and `gpus` GPUs on every node (`--gres=gpu[:type]:G`, a
+    per-node count; `gpu`/`--gpus` would be the job's total, spread over the nodes as SLURM likes).
+    `mpi` makes the plugin's jobstep run the job's command as written, and that command starts one
+    launcher per node with srun (prefopt.plan.launch_command); `tasks_per_gpu: 0` keeps the plugin
+    from reading `tasks` as tasks per GPU."""
+    resources = {"nodes": nodes, "tasks": nodes, "mpi": "srun"}
+    if gpus:
+        resources["gres"] = ":".join(["gpu", *([gpu_model] if gpu_model else []), str(gpus)])
+        resources["tasks_per_gpu"] = 0
     return resources
 
 

@@ -127,3 +127,23 @@ def test_paper_config_resources():
     }
     assert job_resources(config=config, rule="evaluate")["gpu"] == 1
     assert job_resources(config=config, rule="split_data") == {"mem_mb": 16000, "runtime": 60, "cpus_per_task": 1}
+
+
+def test_nodes_ask_for_each_nodes_cpus_memory_and_gpus_as_one_task_per_node(cpu_config):
+    """`nodes: 2`: the job asks for 2 nodes, one task each with the stage's CPUs, and the GPUs per node
+    as a per-node GRES (not the plugin's `gpu`, which counts the whole job's); `mpi` has the jobstep
+    plugin run the command as written, which starts the launchers with srun."""
+    config = resolved(gpu_config(cpu_config, nodes=2))
+    assert job_resources(config=config, rule="align") == {
+        "mem_mb": 50000, "runtime": 90, "cpus_per_task": 4,
+        "nodes": 2, "tasks": 2, "mpi": "srun", "gres": "gpu:a100:4", "tasks_per_gpu": 0,
+    }
+    config = resolved(gpu_config(cpu_config, nodes=3, gpu_model=None))
+    assert job_resources(config=config, rule="sft")["gres"] == "gpu:4"
+    cpu = copy.deepcopy(cpu_config)
+    cpu["launchers"] = {"align": {"type": "ddp", "nodes": 2, "num_processes": 2}}
+    config = resolved(cpu)
+    assert job_resources(config=config, rule="align") == {
+        "mem_mb": 8000, "runtime": 120, "cpus_per_task": 2, "nodes": 2, "tasks": 2, "mpi": "srun",
+    }
+    assert "nodes" not in job_resources(config=config, rule="sft")  # nodes: 1, the default: as before

@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -98,8 +99,12 @@ def test_paper_dry_run_shows_exactly_the_configs_resources(workdir, profile_dry_
                 launcher = config["launchers"][rule]
                 assert wanted["gpu"] == str(launcher["gpus"]) and wanted["mem_mb"] == str(launcher["mem_mb"])
                 assert wanted["runtime"] == str(launcher["runtime_min"])
-                command = block.split("Shell command:", 1)[1]
-                assert f"--num_processes {launcher['num_processes']}" in command
+                command = block.split("Shell command:", 1)[1].strip()
+                # nodes: 1 through the per-node srun path: one launcher, on the job's one node.
+                assert command.startswith(f"srun --nodes=1 --ntasks=1 --ntasks-per-node=1 --cpus-per-task="
+                                          f"{wanted['cpus_per_task']} --overlap --kill-on-bad-exit=1 bash "), command
+                assert f"launch_node.sh --config_file configs/accelerate/{launcher['type']}.yaml" in command
+                assert f"--num_processes {launcher['num_processes']} --num_machines 1" in command
                 assert f"--require-gpus {launcher['gpus']}" in command
     assert len(dry_run_blocks(result.stdout, "align")) == 17 and len(dry_run_blocks(result.stdout, "sft")) == 3
     assert "slurm_partition" not in result.stdout and "slurm_account" not in result.stdout
@@ -127,6 +132,77 @@ def test_command_line_overrides_change_only_what_they_name(workdir, profile_dry_
     assert (shown["gpu"], shown["gpu_model"], shown["mem_mb"], shown["runtime"], shown["tasks"]) == \
         ("8", "h100", "200000", "600", "0")
     assert "slurm_partition" not in resources_of(dry_run_blocks(result.stdout, "sft")[0])
+
+
+def submit_command(resources: dict, threads: int) -> str:
+    """The sbatch command snakemake-executor-plugin-slurm 2.8.0 builds for a job with these resources."""
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    class Resources(dict):
+        __getattr__ = dict.__getitem__
+
+    job = SimpleNamespace(resources=Resources(resources), threads=threads)
+    params = {"run_uuid": "run", "slurm_logfile": "log", "comment_str": "rule", "account": "", "partition": "",
+              "workdir": "/work"}
+    return get_submit_command(job, params) + set_gres_string(job)
+
+
+def test_two_nodes_dry_run_shows_the_nodes_and_one_launcher_per_node(workdir, profile_dry_run):
+    """`nodes: 2` on paper.yaml: each training job asks for 2 nodes, one task per node with 8 CPUs,
+    200000 MB and 8 h100 GPUs each (sbatch as the plugin builds it), and its command starts one
+    accelerate launcher per node through srun, for 16 processes on 2 machines."""
+    config = yaml.safe_load((workdir / "configs" / "paper.yaml").read_text())
+    config["launchers"]["sft"].update(nodes=2, type="ddp")
+    config["launchers"]["align"].update(nodes=2)  # zero2
+    write_config(workdir / "paper-2nodes.yaml", config)
+    result = profile_dry_run(workdir, "paper-2nodes.yaml")
+    config = resolved(config)
+    for rule, kind in (("sft", "ddp"), ("align", "zero2")):
+        block = dry_run_blocks(result.stdout, rule)[0]
+        wanted = job_resources(config=config, rule=rule)
+        assert wanted == {"mem_mb": 200000, "runtime": 600, "cpus_per_task": 8, "nodes": 2, "tasks": 2,
+                          "mpi": "srun", "gres": "gpu:h100:8", "tasks_per_gpu": 0}
+        shown = resources_of(block)
+        assert {key: shown.get(key) for key in wanted} == {key: str(value) for key, value in wanted.items()}
+        assert "gpu" not in shown and "gpu_model" not in shown
+        sbatch = submit_command(wanted, threads=8)
+        assert "--mem 200000 --nodes=2 --ntasks=2 --cpus-per-task=8" in sbatch and sbatch.endswith(" --gres=gpu:h100:8")
+        assert "--gpus" not in sbatch and "--ntasks-per-gpu" not in sbatch
+        command = block.split("Shell command:", 1)[1].strip()
+        assert command.startswith("srun --nodes=2 --ntasks=2 --ntasks-per-node=1 --cpus-per-task=8 --overlap "
+                                  f"--kill-on-bad-exit=1 bash {workdir}/workflow/scripts/launch_node.sh "
+                                  f"--config_file configs/accelerate/{kind}.yaml --num_processes 16 --num_machines 2 "), command
+        assert ("--deepspeed_multinode_launcher standard" in command) == (kind == "zero2")
+        assert f"workflow/scripts/{rule}.py" in command and "--require-gpus 8" in command
+
+
+def test_launch_node_sets_the_rank_and_the_main_node_from_slurm(tmp_path):
+    """workflow/scripts/launch_node.sh on node 1 of a 3-node job: accelerate gets rank 1 and the job's
+    first node as the main process, then the arguments as given (stand-ins for scontrol and accelerate)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text('#!/bin/sh\n[ "$*" = "show hostnames gpu[07-08],cpu01" ] || exit 3\n'
+                                      'printf "gpu07\\ngpu08\\ncpu01\\n"\n')
+    (bin_dir / "accelerate").write_text('#!/bin/sh\necho "$@"\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", SLURM_NODEID="1",
+               SLURM_JOB_NODELIST="gpu[07-08],cpu01")
+    run = subprocess.run(["bash", str(REPO / "workflow" / "scripts" / "launch_node.sh"), "--num_machines", "3",
+                          "align.py", "--out", "a b"], env=env, capture_output=True, text=True, check=True)
+    assert run.stdout == "launch --machine_rank 1 --main_process_ip gpu07 --num_machines 3 align.py --out a b\n"
+
+
+def test_nodes_above_one_outside_slurm_is_one_config_error(workdir):
+    config = tiny_config({"tiny": str(workdir)})  # any existing path: nothing is loaded
+    config["launchers"] = {"align": {"type": "ddp", "nodes": 2}}
+    result = snakemake(workdir, "-n", "--cores", "2", "--configfile",
+                       str(write_config(workdir / "nodes-local.yaml", config)), check=False)
+    assert result.returncode != 0
+    assert ("config error: launchers.align.nodes: 2 nodes need SLURM (--workflow-profile profiles/slurm); "
+            "jobs run on this machine take nodes: 1") in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 # ---------------------------------------------------------------------------- a real one-node SLURM

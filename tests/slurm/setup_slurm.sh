@@ -14,6 +14,10 @@
 # config, or another live test cluster). The node has 2 CPUs, 20000 MB and
 # $PREFOPT_SLURM_GPUS typed GPUs ($PREFOPT_SLURM_GPU_TYPE) whose gres.conf File= entries are
 # dummy files: GPU jobs are scheduled and allocated, but no GPU exists (torch sees none).
+# Partition `main` (the default) is that node alone. Partition `multi` adds a second node,
+# `<host>-2` (2 CPUs, 20000 MB, no GPUs): a second slurmd on this host (`slurmd -N`, Debian's
+# SLURM is built with multiple-slurmd support), on its own port, so multi-node jobs run here;
+# both nodes share this machine's CPUs, and the first is the host's own name, which resolves.
 # Needs root and apt-get. Takes about 15 s once the packages are installed.
 set -euo pipefail
 
@@ -59,6 +63,9 @@ ctld_port=$PORT_BASE
 slurmd_port=$((PORT_BASE + 1))
 dbd_port=$((PORT_BASE + 2))
 db_port=$((PORT_BASE + 3))
+slurmd2_port=$((PORT_BASE + 4))
+node2=$host-2
+mkdir -p "$DIR/spool/$host" "$DIR/spool/$node2"
 db_password=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
 memory_mb=20000
 last_gpu=$((GPUS - 1))
@@ -107,11 +114,11 @@ AuthType=auth/munge
 AuthInfo=socket=$DIR/munge/munge.socket
 CredType=cred/munge
 StateSaveLocation=$DIR/state
-SlurmdSpoolDir=$DIR/spool
+SlurmdSpoolDir=$DIR/spool/%n
 SlurmctldPidFile=$DIR/slurmctld.pid
-SlurmdPidFile=$DIR/slurmd.pid
+SlurmdPidFile=$DIR/slurmd-%n.pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
-SlurmdLogFile=$DIR/log/slurmd.log
+SlurmdLogFile=$DIR/log/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -129,8 +136,10 @@ AccountingStoragePass=$DIR/munge/munge.socket
 AccountingStorageTRES=gres/gpu,gres/gpu:$GPU_TYPE
 AccountingStoreFlags=job_comment
 JobAcctGatherType=jobacct_gather/none
-NodeName=$host NodeAddr=127.0.0.1 CPUs=2 RealMemory=$memory_mb Gres=gpu:$GPU_TYPE:$GPUS State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 Port=$slurmd_port CPUs=2 RealMemory=$memory_mb Gres=gpu:$GPU_TYPE:$GPUS State=UNKNOWN
+NodeName=$node2 NodeHostname=$host NodeAddr=127.0.0.1 Port=$slurmd2_port CPUs=2 RealMemory=$memory_mb State=UNKNOWN
 PartitionName=main Nodes=$host Default=YES MaxTime=INFINITE State=UP
+PartitionName=multi Nodes=$host,$node2 MaxTime=INFINITE State=UP
 EOF
 cat >"$DIR/gres.conf" <<EOF
 NodeName=$host Name=gpu Type=$GPU_TYPE File=$DIR/dev/gpu[0-$last_gpu]
@@ -165,7 +174,9 @@ sacctmgr -i add account "$ACCOUNT" Description=prefopt-tests Organization=prefop
 sacctmgr -i add user root Account="$ACCOUNT" DefaultAccount="$ACCOUNT" >/dev/null
 slurmctld
 wait_for 30 slurmctld scontrol ping
-slurmd
-node_idle() { sinfo -h -N -o %T | grep -qx idle; }
-wait_for 60 "the node (idle in sinfo)" node_idle
-echo "SLURM is up: $(sinfo -h -N -o '%N %T cpus=%c mem=%m gres=%G'), partition main, account $ACCOUNT"
+slurmd -N "$host"
+slurmd -N "$node2"
+nodes_idle() { [ "$(sinfo -h -N -p multi -o %T | grep -cx idle)" = 2 ]; }
+wait_for 60 "the nodes (idle in sinfo)" nodes_idle
+echo "SLURM is up: $(sinfo -h -N -p main -o '%N %T cpus=%c mem=%m gres=%G'), partition main" \
+    "(+ $node2 in partition multi), account $ACCOUNT"

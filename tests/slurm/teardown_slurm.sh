@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Stop the one-node SLURM of setup_slurm.sh: every daemon by the PID in its pid file, nothing by name.
+# Stop the SLURM of setup_slurm.sh: every daemon by the PID in its pid file, nothing by name.
 #   sudo bash tests/slurm/teardown_slurm.sh [STATE_DIR]   # default /tmp/prefopt-slurm
 set -uo pipefail
 
 DIR=${1:-${PREFOPT_SLURM_DIR:-/tmp/prefopt-slurm}}
 status=0
-for daemon in slurmd slurmctld slurmdbd mariadb munged; do
-    pidfile="$DIR/$daemon.pid"
+for pidfile in "$DIR"/slurmd*.pid "$DIR"/{slurmctld,slurmdbd,mariadb,munged}.pid; do
+    daemon=$(basename "$pidfile" .pid)
     [ -s "$pidfile" ] || continue
     pid=$(tr -dc 0-9 <"$pidfile")
     if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
