@@ -25,7 +25,7 @@ import pytest
 import yaml
 from prefopt.config_schema import load_config
 from prefopt.resources import job_resources
-from workflow_utils import BIN, REPO, copy_workflow, job_counts, snakemake, tiny_config, write_config
+from workflow_utils import BIN, REPO, clone_workdir, copy_workflow, job_counts, snakemake, tiny_config, write_config
 
 SETUP = REPO / "tests" / "slurm" / "setup_slurm.sh"
 TEARDOWN = REPO / "tests" / "slurm" / "teardown_slurm.sh"
@@ -363,7 +363,7 @@ def test_slurm_results_match_a_local_run(dag_on_slurm):
 
 @real_slurm
 def test_gpu_launcher_reaches_sbatch_as_typed_gpus_in_one_task_and_is_not_retried(dag_on_slurm):
-    """`gpus: 4` of type a100 is one allocation of 4 a100 GPUs, one task; the job's GPU check fails
+    """`gpus: 4` of type a100 is one allocation of 4 a100 GPUs, one task (and one launcher task); the job's GPU check fails
     (the test node's GPUs are dummy files) with one clear line, and the failure is not resubmitted."""
     slurm_dir = dag_on_slurm["slurm_dir"]
     config = small_cluster_config(dag_on_slurm["config"]["models"]["tiny"]["source"]["path"])
@@ -390,10 +390,43 @@ def test_gpu_launcher_reaches_sbatch_as_typed_gpus_in_one_task_and_is_not_retrie
     assert re.search(r"\bNumTasks=1\b", shown), shown
     steps = subprocess.run(["sacct", "-n", "-P", "-j", job["JobID"], "-o", "jobid,ntasks,alloctres"], env=env,
                            capture_output=True, text=True, check=True).stdout.splitlines()
-    srun_steps = [step.split("|") for step in steps if re.match(r"^\d+\.0\|", step)]
-    assert srun_steps and srun_steps[0][1] == "1" and f"gres/gpu:{GPU_TYPE}=4" in srun_steps[0][2], steps
+    # Step 0: the jobstep plugin's `srun -n1` running the job; step 1: the per-node launcher's srun
+    # inside it (nodes: 1), one task that holds the same 4 GPUs (--overlap).
+    srun_steps = [step.split("|") for step in steps if re.match(r"^\d+\.\d+\|", step)]
+    assert [step[0].split(".")[1] for step in srun_steps] == ["0", "1"], steps
+    assert all(step[1] == "1" and f"gres/gpu:{GPU_TYPE}=4" in step[2] for step in srun_steps), steps
     # The job ran the command with as many threads as it has CPUs, and asked for the config's GPUs.
     slurm_log = (slurm_dir / ".snakemake/slurm_logs/rule_sft/tiny" / f"{job['JobID']}.log").read_text()
     assert "--threads 2 --require-gpus 4" in slurm_log, slurm_log[-3000:]
     log = (slurm_dir / "logs/sft/tiny.log").read_text()
     assert re.search(r"ERROR .*GPU", log) and "Traceback" not in log, log[-2000:]  # one clear line
+
+
+@real_slurm
+def test_two_nodes_run_ddp_with_one_launcher_per_node(dag_on_slurm, tmp_path):
+    """`nodes: 2` for real: the alignment run again, as one job on both nodes of partition `multi`
+    (two slurmd on this machine), DDP over gloo on CPU with one process per node; its step runs one
+    task on each node, and training sees 2 processes."""
+    workdir = clone_workdir(dag_on_slurm["slurm_dir"], tmp_path / "two-nodes")
+    (run_dir,) = (workdir / "results" / "tiny" / "align").iterdir()
+    shutil.rmtree(run_dir)
+    shutil.rmtree(workdir / "checkpoints" / "tiny" / run_dir.name, ignore_errors=True)  # no resuming
+    config = small_cluster_config(dag_on_slurm["config"]["models"]["tiny"]["source"]["path"])
+    config["launchers"]["align"].update(type="ddp", nodes=2, num_processes=1)
+    write_config(workdir / "two-nodes.yaml", config)
+    env = dict(dag_on_slurm["env"], PREFOPT_SLURM_PARTITION="multi")
+    run = run_snakemake(workdir, "--workflow-profile", "profiles/slurm", "--configfile", "two-nodes.yaml",
+                        "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "3",
+                        str(run_dir.relative_to(workdir)), env=env, timeout=600)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-6000:]
+    jobs = slurm_jobs(run, env)
+    assert all(job["State"] == "COMPLETED" for job in jobs), jobs
+    (job,) = [job for job in jobs if job["rule"] == "align"]
+    assert "node=2" in job["AllocTRES"], jobs
+    steps = subprocess.run(["sacct", "-n", "-P", "-j", job["JobID"], "-o", "jobid,ntasks,nodelist"], env=env,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    host = subprocess.run(["hostname", "-s"], capture_output=True, text=True, check=True).stdout.strip()
+    assert f"{job['JobID']}.0|2|{host},{host}-2" in steps, steps  # one launcher task on each node
+    log = (workdir / "logs" / "align" / "tiny" / f"{run_dir.name}.log").read_text()
+    assert (run_dir / "summary.json").is_file(), log[-3000:]
+    assert json.loads((run_dir / "summary.json").read_text())["world_size"] == 2, log[-3000:]
