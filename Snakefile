@@ -5,6 +5,7 @@ from snakemake.utils import min_version
 from prefopt.config_schema import resolve_workflow_config
 from prefopt.plan import announce_precisions, workflow_plan
 from prefopt.resources import jobs_use_this_python
+from prefopt.tracking import export_tracking
 
 min_version("9.0")
 
@@ -33,6 +34,10 @@ PLAN = workflow_plan(config, main_process=workflow.is_main_process, on_slurm=ON_
 # Jobs run this Snakemake's own Python and tools (`python`, `accelerate`) with or without an
 # activated venv, locally and in SLURM jobs (prefopt/resources.py).
 jobs_use_this_python()
+
+# The tracker's settings reach the training jobs through the environment, not params, so switching
+# backends, or this invocation's group, retrains nothing (prefopt/tracking.py).
+TRACKING_ENV = export_tracking(config, main_process=workflow.is_main_process)
 
 # Jobs import this checkout's prefopt, in the project venv and in the envs/ of `--sdm conda` alike.
 # (The prefix is format()ted: {{ }} are literal braces. It keeps Snakemake's bash strict mode.)

@@ -63,11 +63,16 @@ def training_main(name: str, args: argparse.Namespace) -> int:
     log.info("method %s, loss_kwargs %s, %d torch threads per process", run_config.method,
              json.dumps(dict(run_config.loss_kwargs)), threads)
     from prefopt.job import STAGES, run_job
+    from prefopt.trackers import TrackerCredentialsError
+    from prefopt.tracking import dag_run_name
 
     try:
         summary = run_job(STAGES[name](), run_config, model_dir=args.model, train_path=args.train, out_dir=args.out,
                           checkpoint_dir=args.checkpoint_dir, eval_path=args.eval, probe_path=args.probe_rows,
-                          objective_source=args.objective_source)
+                          objective_source=args.objective_source, run_name=dag_run_name(args.run_config))
+    except TrackerCredentialsError as error:
+        log.error("%s", error)
+        return EXIT_CANNOT_SUCCEED
     except NonFiniteStepError as error:
         log.error("%s", error)
         return EXIT_NON_FINITE

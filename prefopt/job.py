@@ -46,12 +46,14 @@ from prefopt.checkpoints import (  # noqa: F401 - IDENTITY_FILE, TRAINER_STATE_N
 )
 from prefopt.io import read_jsonl, write_json, write_jsonl
 from prefopt.run_config import RunConfig
+from prefopt.trackers import Tracker, open_tracker, tracker_callback
 
 logger = logging.getLogger(__name__)
 
 # Set to 1 to keep a published job's checkpoints for inspection (tests, debugging); they are marked
 # published, so no later job resumes them.
 KEEP_CHECKPOINTS_ENV = "PREFOPT_KEEP_CHECKPOINTS"
+TRACKING_FILE = "tracking.json"  # in the published output: the tracker run that holds its metrics (the report links it)
 
 
 # ------------------------------------------------------------------------------------------- identity
@@ -210,10 +212,11 @@ def resolve_job_precision(run_config: RunConfig | Mapping) -> RunConfig | dict:
 
 
 def run_job(stage: Stage, run_config: RunConfig, *, model_dir, train_path, out_dir, checkpoint_dir,
-            eval_path=None, probe_path=None, objective_source=None) -> dict:
+            eval_path=None, probe_path=None, objective_source=None, run_name: str | None = None) -> dict:
     """Train one SFT or alignment run from a checked run config and publish `out_dir` atomically.
 
-    `out_dir` gets the weights (`stage.save`), `metrics.jsonl`, `data_report.json`, `identity.json`
+    `out_dir` gets the weights (`stage.save`), `metrics.jsonl`, `data_report.json`, `identity.json`,
+    `tracking.json` (the tracker run, prefopt.tracking, named `run_name`, default the output folder's name)
     and `summary.json` (the run config the weights were trained with, the identity, the resume
     point). Only the main process writes. Returns the summary (empty on other processes).
     With `run_config.probes`, the first `pairs` rows of `probe_path` are scored at step 0 and
@@ -246,23 +249,36 @@ def run_job(stage: Stage, run_config: RunConfig, *, model_dir, train_path, out_d
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = checkpoint_dir / "metrics.jsonl"  # survives a kill next to the checkpoints it matches
     trainer = stage.build(run_config, model_dir, tokenizer, good_rows, eval_rows, checkpoint_dir)
-    trainer.add_callback(MetricsFileCallback(metrics_path))
-    trainer.add_callback(identity_callback(identity))
-    if probes:
-        from prefopt.probes import probe_callback
-
-        trainer.add_callback(probe_callback(tokenizer, read_jsonl(probe_path), run_config, metrics_path))
+    tracker = Tracker()
     if trainer.is_world_process_zero():
         clear_checkpoints(checkpoint_dir, resume, stale, identity["id"], training.precision)
         prepare_metrics_file(metrics_path, resume)  # the job's one metrics file, once
+        # After the clear: a fresh start opens a new tracker run, a resume continues its checkpoint's.
+        tracker = open_tracker(stage=stage.name, run_name=run_name or out_dir.name, run_config=run_config.to_dict(),
+                               identity=identity, checkpoint_dir=checkpoint_dir, resume=resume is not None)
+        if resume:
+            tracker.replay(read_metric_records(metrics_path))  # the steps up to the checkpoint, where the run lacks them
+    trainer.add_callback(MetricsFileCallback(metrics_path))
+    trainer.add_callback(identity_callback(identity))
+    trainer.add_callback(tracker_callback(tracker))
+    if probes:
+        from prefopt.probes import probe_callback
+
+        trainer.add_callback(probe_callback(tokenizer, read_jsonl(probe_path), run_config, metrics_path,
+                                            tracker=tracker))
     trainer.accelerator.wait_for_everyone()
     if resume:
         logger.info("resuming from %s (identity %s)", resume.name, identity["id"])
     else:
         logger.info("starting from step 0 (no checkpoint of identity %s)", identity["id"])
 
-    train_output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    eval_metrics = trainer.evaluate() if eval_rows else {}
+    try:
+        train_output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        eval_metrics = trainer.evaluate() if eval_rows else {}
+    except BaseException:
+        tracker.finish(failed=True)
+        raise
+    tracker.finish()
 
     staging = out_dir.parent / f".{out_dir.name}.partial"
     if trainer.is_world_process_zero() and staging.exists():
@@ -275,6 +291,7 @@ def run_job(stage: Stage, run_config: RunConfig, *, model_dir, train_path, out_d
         write_jsonl(staging / "metrics.jsonl", records)
         write_json(staging / "data_report.json", data_report)
         write_json(staging / "identity.json", identity)
+        write_json(staging / TRACKING_FILE, tracker.entry())
         summary = {
             "method": run_config.method,
             "identity": identity["id"],

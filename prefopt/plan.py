@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefopt import resources
+from prefopt import resources, tracking
 from prefopt.objectives import ObjectiveError, format_value, get_objective, objective_sources
 
 RESULTS = "results"
@@ -107,13 +107,14 @@ def workflow_plan(config: dict, *, main_process: bool = True, on_slurm: bool = F
         check_benchmarks(config)
         resources.check_gpu_requests(config=config)
         check_launchers(config, on_slurm=on_slurm)
+        tracking.check_tracking(config)
         plan = make_plan(config)
-    except (PlanError, resources.ResourcesError) as error:
+    except (PlanError, resources.ResourcesError, tracking.TrackingError) as error:
         sys.exit(f"config error: {error}")
-    for variable in judge_key_variables(config):
-        if variable not in os.environ and main_process:
-            print(f"warning: judge.api_key_env: {variable} is not set; each judge job stops at its start "
-                  "until it is", file=sys.stderr)
+    warnings = [f"judge.api_key_env: {variable} is not set; each judge job stops at its start until it is"
+                for variable in judge_key_variables(config) if variable not in os.environ]
+    for warning in [*warnings, *tracking.tracking_warnings(config)] if main_process else []:
+        print(f"warning: {warning}", file=sys.stderr)
     return plan
 
 
@@ -373,6 +374,9 @@ def plan_run_config(config: dict, plan: Plan, model: str, run: str) -> dict:
 # ---------------------------------------------------------------------------------------------- paths
 
 
+TRACKING_INDEX = f"{RESULTS}/tracking.html"  # every training run's tracker entry, in the report
+
+
 def base_model_dir(model: str) -> str:
     return f"{RESULTS}/{model}/base"
 
@@ -396,7 +400,15 @@ def table_files(plan: Plan) -> list[str]:
 
 
 def final_outputs(plan: Plan) -> list[str]:
-    return [*table_files(plan), f"{RESULTS}/figures"]
+    return [*table_files(plan), f"{RESULTS}/figures", TRACKING_INDEX]
+
+
+def training_outputs(config: dict, plan: Plan) -> dict[str, str]:
+    """`{"<model>/<run>": output folder}` of every training job: each enabled model's SFT, every alignment run.
+    The names are the tracker runs' names (prefopt.tracking.dag_run_name of their run configs)."""
+    outputs = {f"{model}/sft": sft_model_dir(model) for model in enabled_models(config)}
+    outputs.update({f"{model}/{run}": align_dir(model, run) for model, run in sorted(plan.runs)})
+    return outputs
 
 
 # ------------------------------------------------------------------------------------------ manifests

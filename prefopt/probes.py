@@ -51,9 +51,11 @@ def score_probe(model, tokenizer, rows: list[dict], *, step: int, metrics_path: 
     return record
 
 
-def probe_callback(tokenizer, rows: list[dict], run_config: RunConfig, metrics_path: str | os.PathLike):
+def probe_callback(tokenizer, rows: list[dict], run_config: RunConfig, metrics_path: str | os.PathLike, *,
+                   tracker=None):
     """A TrainerCallback scoring the run config's probe pairs at step 0 and every `probes.every_steps`
-    optimizer steps (main process) into `metrics_path`.
+    optimizer steps (main process) into `metrics_path`, and their means as `probe/<key>` at that step
+    into `tracker` (prefopt.tracking) when given.
 
     The pairs are the first `probes.pairs` of `rows`, those that fit the run's length limits (the
     others are dropped, as bad held-out rows are); they are scored with the run's `max_length`,
@@ -69,13 +71,18 @@ def probe_callback(tokenizer, rows: list[dict], run_config: RunConfig, metrics_p
     rows, _ = validate_rows(rows[:probes.pairs], tokenizer=tokenizer, **limits, on_bad="drop")
     limits.update(metrics_path=metrics_path, batch_size=training.per_device_eval_batch_size)
 
+    def probe(model, step: int) -> None:
+        record = score_probe(model, tokenizer, rows, step=step, **limits)
+        if tracker is not None:
+            tracker.log({f"probe/{key}": record[key] for key in PROBE_KEYS}, step)
+
     class ProbeCallback(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             if state.is_world_process_zero and state.global_step == 0:  # a resumed job has its step-0 probe
-                score_probe(model, tokenizer, rows, step=0, **limits)
+                probe(model, 0)
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
             if state.is_world_process_zero and state.global_step % probes.every_steps == 0:
-                score_probe(model, tokenizer, rows, step=state.global_step, **limits)
+                probe(model, state.global_step)
 
     return ProbeCallback()

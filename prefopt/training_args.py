@@ -56,12 +56,6 @@ def set_torch_threads(requested: int | None = None) -> int:
     return threads
 
 
-def tensorboard_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
-
-
 def training_arguments_kwargs(run_config: RunConfig, output_dir: str | os.PathLike) -> dict:
     """Keyword arguments shared by `TrainingArguments` subclasses (PreferenceConfig, SFTConfig)."""
     training = run_config.training
@@ -104,7 +98,8 @@ def training_arguments_kwargs(run_config: RunConfig, output_dir: str | os.PathLi
         "activation_checkpointing": training.gradient_checkpointing,
         "optim": training.optim,
         "weight_decay": float(training.weight_decay),
-        "report_to": ["tensorboard"] if tensorboard_available() else "none",
+        # The job logs to the configured tracker itself (prefopt.tracking), not through Trainer's integrations.
+        "report_to": "none",
         "remove_unused_columns": False,
         "disable_tqdm": False,
     }

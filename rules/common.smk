@@ -9,6 +9,7 @@ from snakemake.io import report as in_report
 
 from prefopt import plan as planner
 from prefopt import resources as job_requests
+from prefopt import tracking
 
 RESULTS = planner.RESULTS
 REPO = workflow.basedir
@@ -173,6 +174,11 @@ def get_manifest_inputs(manifest):
     return planner.manifest_inputs(manifest)
 
 
+def get_training_outputs():
+    """`{"<model>/<run>": output folder}` of every SFT and alignment job (their tracker runs' names)."""
+    return planner.training_outputs(config, PLAN)
+
+
 def get_final_output():
     return planner.final_outputs(PLAN)
 
@@ -274,10 +280,13 @@ def get_split_tokenizers(wildcards):
 
 
 def get_envvars():
-    """The judge's API key variable when it is set: declared, it reaches remote and cluster jobs.
-    Unset, the plan warns (a dry run or the tables need no key) and the judge jobs stop naming it.
+    """The variables jobs read: the tracker's settings (set by the Snakefile) and, when set, the
+    tracker's credential variables and the judge's API key variable. Declared, they reach remote and
+    cluster jobs. An unset judge key: the plan warns (a dry run or the tables need no key) and the
+    judge jobs stop naming it.
     """
-    return [name for name in planner.judge_key_variables(config) if name in os.environ]
+    judge = [name for name in planner.judge_key_variables(config) if name in os.environ]
+    return [TRACKING_ENV, *tracking.credential_variables(config), *judge]
 
 
 def get_split_length_checks():

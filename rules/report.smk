@@ -70,3 +70,27 @@ rule figures:
     shell:
         "python workflow/scripts/make_figures.py --manifest {input.manifest} "
         "--out-dir {output.figures} > {log} 2>&1"
+
+
+rule tracking_index:
+    input:
+        runs=list(get_training_outputs().values()),
+    output:
+        index=report(
+            planner.TRACKING_INDEX,
+            caption="../docs/report/tracking.rst",
+            category="Tracking",
+        ),
+    log:
+        "logs/tracking_index.log",
+    benchmark:
+        "benchmarks/tracking_index.tsv"
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    params:
+        runs=" ".join(
+            f"--run {name}={folder}" for name, folder in get_training_outputs().items()
+        ),
+    shell:
+        "python workflow/scripts/tracking_index.py {params.runs} --out {output.index} > {log} 2>&1"

@@ -30,8 +30,8 @@ from workflow_utils import BIN, REPO, clone_workdir, copy_workflow, job_counts, 
 SETUP = REPO / "tests" / "slurm" / "setup_slurm.sh"
 TEARDOWN = REPO / "tests" / "slurm" / "teardown_slurm.sh"
 GPU_TYPE = "a100"  # the typed GRES of the test node; paper.yaml's h100 would be rejected there
-LOCAL_RULES = {"write_run_config", "tables_manifest", "tables", "figures_manifest", "figures", "all",
-               "judge_config", "score_judgments"}
+LOCAL_RULES = {"write_run_config", "tables_manifest", "tables", "figures_manifest", "figures", "tracking_index",
+               "all", "judge_config", "score_judgments"}
 ENV_KEYS = ("PREFOPT_SLURM_PARTITION", "PREFOPT_SLURM_ACCOUNT", "PREFOPT_SLURM_STATUS_COMMAND")
 
 

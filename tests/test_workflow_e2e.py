@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import signal
-import subprocess
-import time
 
 import pandas as pd
-import psutil
 import pytest
 
 from conftest import build_tiny_llama
-from workflow_utils import BIN, copy_workflow, job_counts, snakemake, tiny_config, write_config
+from workflow_utils import copy_workflow, job_counts, kill_at_first_checkpoint, snakemake, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +67,13 @@ def test_report_builds(finished_run):
     workdir, config = finished_run
     snakemake(workdir, "--report", "results/report.html", "--configfile", "tiny.yaml")
     html = (workdir / "results" / "report.html").read_text(errors="replace")
-    assert "table3" in html and "Figures" in html
+    assert "table3" in html and "Figures" in html and "Tracking" in html
+    # The default backend, TensorBoard: every training job's run, linked from the report's index.
+    index = (workdir / "results" / "tracking.html").read_text()
+    runs = [path.parent.name for path in (workdir / "results").glob("*/align/*/summary.json")]
+    assert runs and all(f"/{run}</a>" in index for run in runs)
+    for model in ("tiny-a", "tiny-b"):
+        assert list((workdir / "tracking" / "tensorboard").glob(f"*/{model}/sft/events.out.tfevents.*"))
 
 
 def test_editing_one_ablation_reruns_only_that_run(finished_run):
@@ -106,29 +107,8 @@ def test_killed_training_resumes_from_checkpoint(finished_run, tiny_models, tmp_
     # and kills it: the remaining 28 take seconds, the kill a fraction of one.
     slow["align"] = dict(slow["align"], max_steps=SLOW_STEPS, save_steps=2)
     path = write_config(workdir / "slow.yaml", slow)
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    command = [str(BIN / "snakemake"), "--cores", "1", "--configfile", str(path)]
-    process = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint_root = workdir / "checkpoints" / "tiny-a"
-    earlier_runs = set(checkpoint_root.glob("slime-*"))
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        new_runs = [run for run in checkpoint_root.glob("slime-*") if run not in earlier_runs]
-        if new_runs and list(new_runs[0].glob("checkpoint-*/trainer_state.json")):
-            break
-        assert process.poll() is None, "snakemake ended before the job saved a checkpoint"
-        time.sleep(0.05)
-    else:
-        process.kill()
-        pytest.fail("no checkpoint within 10 minutes")
-    # SIGKILL the training job, as the OOM killer or a scheduler would; Snakemake sees it fail.
-    trainers = [child for child in psutil.Process(process.pid).children(recursive=True)
-                if "align.py" in " ".join(child.cmdline())]
-    assert trainers, "no running align.py job to kill"
-    for trainer in trainers:
-        trainer.send_signal(signal.SIGKILL)
-    assert process.wait(timeout=120) != 0
-    run_dir = new_runs[0]
+    run_dir = kill_at_first_checkpoint(workdir, ["--cores", "1", "--configfile", str(path)],
+                                       workdir / "checkpoints" / "tiny-a", pattern="slime-*")
     assert not (workdir / "results" / "tiny-a" / "align" / run_dir.name / "summary.json").exists()
 
     # The rerun and the forced run below need only the training job (its evaluation and the tables

@@ -6,8 +6,10 @@ import collections
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -38,8 +40,9 @@ def clone_workdir(source: Path, dest: Path) -> Path:
     return dest
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", HF_HUB_OFFLINE="1")
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 1800,
+              env: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(env or os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", HF_HUB_OFFLINE="1")
     result = subprocess.run(
         [str(BIN / "snakemake"), *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -107,3 +110,33 @@ def tiny_config(model_dirs: dict[str, str], **overrides) -> dict:
 def write_config(path: Path, config: dict) -> Path:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def kill_at_first_checkpoint(workdir: Path, args: list[str], checkpoint_root: Path, *, pattern: str,
+                             script: str = "align.py", env: dict | None = None, timeout: float = 600) -> Path:
+    """Start `snakemake ARGS` in `workdir`, SIGKILL its `script` job (as the OOM killer or a scheduler would)
+    once a new run folder `checkpoint_root/PATTERN` holds a complete checkpoint, and wait for Snakemake to
+    fail. Returns that run's checkpoint folder."""
+    import psutil
+
+    env = dict(env or os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    process = subprocess.Popen([str(BIN / "snakemake"), *args], cwd=workdir, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    earlier = set(checkpoint_root.glob(pattern))
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        new_runs = [run for run in checkpoint_root.glob(pattern) if run not in earlier]
+        if new_runs and list(new_runs[0].glob("checkpoint-*/trainer_state.json")):
+            break
+        assert process.poll() is None, "snakemake ended before the job saved a checkpoint"
+        time.sleep(0.05)
+    else:
+        process.kill()
+        raise AssertionError(f"no checkpoint within {timeout} s")
+    jobs = [child for child in psutil.Process(process.pid).children(recursive=True)
+            if script in " ".join(child.cmdline())]
+    assert jobs, f"no running {script} job to kill"
+    for job in jobs:
+        job.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=120) != 0
+    return new_runs[0]
