@@ -19,17 +19,16 @@ if not workflow.config_settings.configfiles:
 resolve_workflow_config(config, f"{workflow.basedir}/schemas/config.schema.yaml")
 # `precision: auto` resolves once here when the jobs run on this machine (`--cores`), else in each
 # job on its own node (`--jobs`, cluster executors): docs/precision.md.
+JOBS_RUN_HERE = workflow.resource_settings.nodes is None and not workflow.remote_exec
 announce_precisions(
-    config,
-    jobs_run_here=workflow.resource_settings.nodes is None and not workflow.remote_exec,
-    main_process=workflow.is_main_process,
+    config, jobs_run_here=JOBS_RUN_HERE, main_process=workflow.is_main_process
 )
 
 # The runs, tables and checks of the config (prefopt/plan.py); a bad config exits with one line.
-# Through the SLURM executor (profiles/slurm: a `--jobs` executor, or a job it started), training
-# launchers start once per node with srun (docs/multinode.md); Snakemake names no executor while parsing.
-ON_SLURM = workflow.resource_settings.nodes is not None or workflow.remote_exec
-PLAN = workflow_plan(config, main_process=workflow.is_main_process, on_slurm=ON_SLURM)
+# (`launchers.*.nodes` > 1 needs SLURM: an error where the jobs surely run here, `--cores` alone.)
+PLAN = workflow_plan(
+    config, main_process=workflow.is_main_process, jobs_run_here=JOBS_RUN_HERE
+)
 
 # Jobs run this Snakemake's own Python and tools (`python`, `accelerate`) with or without an
 # activated venv, locally and in SLURM jobs (prefopt/resources.py).

@@ -97,16 +97,16 @@ def judge_key_variables(config: dict) -> list[str]:
     return [judge["api_key_env"]] if judge.get("api_key_env") else []
 
 
-def workflow_plan(config: dict, *, main_process: bool = True, on_slurm: bool = False) -> Plan:
-    """`make_plan` after the checks that read this machine (model files, GPU requests, launchers: `on_slurm`
-    when the jobs run through the SLURM executor); a bad config exits with its one line, as the schema's
-    errors do (`sys.exit` keeps Snakemake's output to that line).
+def workflow_plan(config: dict, *, main_process: bool = True, jobs_run_here: bool = False) -> Plan:
+    """`make_plan` after the checks that read this machine (model files, GPU requests, launchers:
+    `jobs_run_here` when Snakemake runs the jobs on this machine, `--cores` without `--jobs`); a bad config
+    exits with its one line, as the schema's errors do (`sys.exit` keeps Snakemake's output to that line).
     An unset judge key is a warning, not an error: a dry run or the tables need no key."""
     try:
         check_model_sources(config)
         check_benchmarks(config)
         resources.check_gpu_requests(config=config)
-        check_launchers(config, on_slurm=on_slurm)
+        check_launchers(config, jobs_run_here=jobs_run_here)
         tracking.check_tracking(config)
         plan = make_plan(config)
     except (PlanError, resources.ResourcesError, tracking.TrackingError) as error:
@@ -479,16 +479,16 @@ def accelerate_mixed_precision(config: dict) -> str:
     return "bf16" if config["precision"] == "bf16" else "no"
 
 
-MACHINE_ARGS = ("--num_machines", "--machine_rank", "--main_process_ip")  # set from `nodes` on SLURM
+MACHINE_ARGS = ("--num_machines", "--machine_rank", "--main_process_ip")  # set from `nodes`
 
 
-def check_launchers(config: dict, *, on_slurm: bool) -> None:
-    """Raise `PlanError` for a launcher that cannot run where the jobs run: `nodes` above 1 needs
-    SLURM and an accelerate launcher (ddp, zero2), and accelerate's machine settings come from `nodes`."""
+def check_launchers(config: dict, *, jobs_run_here: bool) -> None:
+    """Raise `PlanError` for a launcher that cannot run: `nodes` above 1 needs SLURM (so not where the jobs
+    run on this machine) and an accelerate launcher (ddp, zero2); accelerate's machine settings come from `nodes`."""
     for stage in STAGES:
         settings, key = launcher(config, stage), f"launchers.{stage}"
         nodes = settings.get("nodes", 1)
-        if nodes > 1 and not on_slurm:
+        if nodes > 1 and jobs_run_here:
             raise PlanError(f"{key}.nodes", f"{nodes} nodes need SLURM (--workflow-profile profiles/slurm); "
                                             "jobs run on this machine take nodes: 1")
         if nodes > 1 and settings.get("type", "python") == "python":
@@ -500,38 +500,38 @@ def check_launchers(config: dict, *, on_slurm: bool) -> None:
 
 def srun_per_node(config: dict, stage: str) -> str:
     """srun starting one task per node of the job, with the job's CPUs each, all killed when one fails.
-    `--overlap`: with one node the job's command already runs inside the jobstep plugin's own srun
-    step, which holds the job's CPUs, memory and GPUs."""
-    nodes = launcher(config, stage).get("nodes", 1)
+    `--overlap`: the step may share the job's resources with the job's own shell."""
+    nodes = launcher(config, stage)["nodes"]
     cpus = resources.job_threads(config=config, rule=stage)
     return (f"srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --cpus-per-task={cpus} "
             "--overlap --kill-on-bad-exit=1")
 
 
-def launch_command(config: dict, stage: str, repo: str, *, on_slurm: bool = False) -> str:
+def launch_command(config: dict, stage: str, repo: str) -> str:
     """The command that starts a training script: plain python, or accelerate with DDP / DeepSpeed ZeRO-2.
 
-    On SLURM (`on_slurm`: the main process of the slurm executor and every job it starts alike)
-    the launcher starts through `srun_per_node`, once per node: workflow/scripts/launch_node.sh runs
-    `accelerate launch --machine_rank $SLURM_NODEID --main_process_ip <first node>` with these
-    arguments; `num_processes` counts each node's, `--num_processes` all of them."""
+    With `nodes` above 1 (a SLURM job on that many nodes: prefopt.resources) the launcher starts through
+    `srun_per_node`, once per node: workflow/scripts/launch_node.sh runs `accelerate launch --machine_rank
+    $SLURM_NODEID --main_process_ip <first node>` with these arguments; `num_processes` counts each
+    node's, `--num_processes` all of them. `nodes: 1` is the one-machine command, on SLURM too (the
+    jobstep plugin starts it in its own one-task step), so the command is the same wherever it runs."""
     settings = launcher(config, stage)
     kind = settings.get("type", "python")
     if kind == "python":
-        return f"{srun_per_node(config, stage)} python" if on_slurm else "python"
+        return "python"
     nodes = settings.get("nodes", 1)
     on_cpu = config["device"] == "cpu"
     default_file = {"ddp": "configs/accelerate/cpu_ddp.yaml" if on_cpu else "configs/accelerate/ddp.yaml",
                     "zero2": "configs/accelerate/zero2.yaml"}[kind]
-    # Jobs started together on one machine need distinct rendezvous ports. On SLURM the job's shell
+    # Jobs started together on one machine need distinct rendezvous ports. A multi-node job's shell
     # runs on its first node, the main one, so a port free there serves every node.
     port = settings.get("main_process_port") or f"$(python {repo}/workflow/scripts/free_port.py)"
     parts = [
         f"--config_file {settings.get('accelerate_config', default_file)}",
         f"--num_processes {nodes * settings.get('num_processes', 1)}",
-        f"--num_machines {nodes}" if on_slurm else "",
+        f"--num_machines {nodes}" if nodes > 1 else "",
         # Without it DeepSpeed on several machines starts its ranks over pdsh/ssh, not once per node.
-        "--deepspeed_multinode_launcher standard" if on_slurm and kind == "zero2" else "",
+        "--deepspeed_multinode_launcher standard" if nodes > 1 and kind == "zero2" else "",
         f"--mixed_precision {accelerate_mixed_precision(config)}",
         # On CPU, DDP needs --multi_gpu (`--cpu` would quietly start one process); zero2 must not get
         # it: the flag overrides the yaml's DEEPSPEED type and the job silently runs as plain DDP.
@@ -540,6 +540,6 @@ def launch_command(config: dict, stage: str, repo: str, *, on_slurm: bool = Fals
         settings.get("extra_args", ""),
     ]
     arguments = " ".join(part for part in parts if part)
-    if on_slurm:
+    if nodes > 1:
         return f"{srun_per_node(config, stage)} bash {repo}/workflow/scripts/launch_node.sh {arguments}"
     return f"accelerate launch {arguments}"

@@ -39,7 +39,7 @@ def get_training_settings(stage):
 
 
 def get_launch(stage):
-    return planner.launch_command(config, stage, REPO, on_slurm=ON_SLURM)
+    return planner.launch_command(config, stage, REPO)
 
 
 def get_checkpoint_dir(wildcards):

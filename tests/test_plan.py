@@ -123,38 +123,33 @@ def srun(nodes: int, cpus: int) -> str:
     return f"srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --cpus-per-task={cpus} --overlap --kill-on-bad-exit=1"
 
 
-def test_launch_commands_on_slurm_start_one_launcher_per_node():
-    """On SLURM every training launcher starts through srun, one task per node: accelerate gets every
-    node's processes and the machine count, and launch_node.sh the rank and the main node. Run here,
-    the command is the one-machine command as before."""
+def test_multinode_launch_commands_start_one_launcher_per_node():
+    """`nodes` above 1 starts the launcher through srun, one task per node: accelerate gets every node's
+    processes and the machine count, and launch_node.sh the rank and the main node. `nodes: 1` is the
+    one-machine command, the same wherever it runs (SLURM's jobstep starts it in its own step)."""
     config = config_with(launchers={"align": {"type": "zero2", "num_processes": 8, "nodes": 2},
                                     "sft": {"type": "ddp", "num_processes": 8}}, device="cuda", threads=2)
-    align = plan.launch_command(config, "align", "/repo", on_slurm=True)
+    align = plan.launch_command(config, "align", "/repo")
     assert align.startswith(srun(2, 8) + " bash /repo/workflow/scripts/launch_node.sh --config_file configs/accelerate/zero2.yaml"
                             " --num_processes 16 --num_machines 2 --deepspeed_multinode_launcher standard")
     assert "--main_process_port $(python /repo/workflow/scripts/free_port.py)" in align
-    sft = plan.launch_command(config, "sft", "/repo", on_slurm=True)
-    assert sft.startswith(srun(1, 8) + " bash /repo/workflow/scripts/launch_node.sh --config_file "
-                          "configs/accelerate/ddp.yaml --num_processes 8 --num_machines 1 --mixed_precision")
-    assert "deepspeed" not in sft
     assert plan.launch_command(config, "sft", "/repo") == (
         "accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 8 --mixed_precision "
         f"{plan.accelerate_mixed_precision(config)} --main_process_port $(python /repo/workflow/scripts/free_port.py)")
-    python = config_with(launchers={"align": {"main_process_port": 29500}}, threads=8)
-    assert plan.launch_command(python, "align", "/repo", on_slurm=True) == f"{srun(1, 8)} python"
     fixed = config_with(launchers={"align": {"type": "ddp", "nodes": 2, "main_process_port": 29500}})
-    assert "--main_process_port 29500 " in plan.launch_command(fixed, "align", "/repo", on_slurm=True) + " "
+    command = plan.launch_command(fixed, "align", "/repo")
+    assert "--main_process_port 29500 " in command + " " and "--deepspeed_multinode_launcher" not in command
 
 
-@pytest.mark.parametrize(("launchers", "on_slurm", "message"), [
-    ({"align": {"type": "ddp", "nodes": 2}}, False,
+@pytest.mark.parametrize(("launchers", "jobs_run_here", "message"), [
+    ({"align": {"type": "ddp", "nodes": 2}}, True,
      "launchers.align.nodes: 2 nodes need SLURM (--workflow-profile profiles/slurm); jobs run on this machine take nodes: 1"),
-    ({"sft": {"nodes": 4}}, True, "launchers.sft.nodes: 4 nodes need type ddp or zero2 (python starts one process)"),
-    ({"align": {"type": "zero2", "extra_args": "--num_machines 2 --machine_rank 0"}}, True,
+    ({"sft": {"nodes": 4}}, False, "launchers.sft.nodes: 4 nodes need type ddp or zero2 (python starts one process)"),
+    ({"align": {"type": "zero2", "extra_args": "--num_machines 2 --machine_rank 0"}}, False,
      "launchers.align.extra_args: --num_machines is set by the workflow; give nodes instead"),
 ])
-def test_launchers_that_cannot_run_where_the_jobs_run_name_the_key(launchers, on_slurm, message):
+def test_launchers_that_cannot_run_where_the_jobs_run_name_the_key(launchers, jobs_run_here, message):
     with pytest.raises(plan.PlanError) as error:
-        plan.check_launchers(config_with(launchers=launchers), on_slurm=on_slurm)
+        plan.check_launchers(config_with(launchers=launchers), jobs_run_here=jobs_run_here)
     assert str(error.value) == message
-    plan.check_launchers(config_with(launchers={"align": {"type": "ddp", "nodes": 2}}), on_slurm=True)
+    plan.check_launchers(config_with(launchers={"align": {"type": "ddp", "nodes": 2}}), jobs_run_here=False)

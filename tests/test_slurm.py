@@ -100,11 +100,9 @@ def test_paper_dry_run_shows_exactly_the_configs_resources(workdir, profile_dry_
                 assert wanted["gpu"] == str(launcher["gpus"]) and wanted["mem_mb"] == str(launcher["mem_mb"])
                 assert wanted["runtime"] == str(launcher["runtime_min"])
                 command = block.split("Shell command:", 1)[1].strip()
-                # nodes: 1 through the per-node srun path: one launcher, on the job's one node.
-                assert command.startswith(f"srun --nodes=1 --ntasks=1 --ntasks-per-node=1 --cpus-per-task="
-                                          f"{wanted['cpus_per_task']} --overlap --kill-on-bad-exit=1 bash "), command
-                assert f"launch_node.sh --config_file configs/accelerate/{launcher['type']}.yaml" in command
-                assert f"--num_processes {launcher['num_processes']} --num_machines 1" in command
+                # nodes: 1 is the one-machine command (the jobstep plugin's `srun -n1` starts it).
+                assert command.startswith(f"accelerate launch --config_file configs/accelerate/{launcher['type']}"
+                                          f".yaml --num_processes {launcher['num_processes']} "), command
                 assert f"--require-gpus {launcher['gpus']}" in command
     assert len(dry_run_blocks(result.stdout, "align")) == 17 and len(dry_run_blocks(result.stdout, "sft")) == 3
     assert "slurm_partition" not in result.stdout and "slurm_account" not in result.stdout
@@ -363,7 +361,7 @@ def test_slurm_results_match_a_local_run(dag_on_slurm):
 
 @real_slurm
 def test_gpu_launcher_reaches_sbatch_as_typed_gpus_in_one_task_and_is_not_retried(dag_on_slurm):
-    """`gpus: 4` of type a100 is one allocation of 4 a100 GPUs, one task (and one launcher task); the job's GPU check fails
+    """`gpus: 4` of type a100 is one allocation of 4 a100 GPUs, one task; the job's GPU check fails
     (the test node's GPUs are dummy files) with one clear line, and the failure is not resubmitted."""
     slurm_dir = dag_on_slurm["slurm_dir"]
     config = small_cluster_config(dag_on_slurm["config"]["models"]["tiny"]["source"]["path"])
@@ -390,11 +388,8 @@ def test_gpu_launcher_reaches_sbatch_as_typed_gpus_in_one_task_and_is_not_retrie
     assert re.search(r"\bNumTasks=1\b", shown), shown
     steps = subprocess.run(["sacct", "-n", "-P", "-j", job["JobID"], "-o", "jobid,ntasks,alloctres"], env=env,
                            capture_output=True, text=True, check=True).stdout.splitlines()
-    # Step 0: the jobstep plugin's `srun -n1` running the job; step 1: the per-node launcher's srun
-    # inside it (nodes: 1), one task that holds the same 4 GPUs (--overlap).
-    srun_steps = [step.split("|") for step in steps if re.match(r"^\d+\.\d+\|", step)]
-    assert [step[0].split(".")[1] for step in srun_steps] == ["0", "1"], steps
-    assert all(step[1] == "1" and f"gres/gpu:{GPU_TYPE}=4" in step[2] for step in srun_steps), steps
+    srun_steps = [step.split("|") for step in steps if re.match(r"^\d+\.0\|", step)]
+    assert srun_steps and srun_steps[0][1] == "1" and f"gres/gpu:{GPU_TYPE}=4" in srun_steps[0][2], steps
     # The job ran the command with as many threads as it has CPUs, and asked for the config's GPUs.
     slurm_log = (slurm_dir / ".snakemake/slurm_logs/rule_sft/tiny" / f"{job['JobID']}.log").read_text()
     assert "--threads 2 --require-gpus 4" in slurm_log, slurm_log[-3000:]
