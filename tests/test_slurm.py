@@ -345,6 +345,10 @@ def test_tiny_dag_runs_every_job_on_slurm_with_the_configs_resources(dag_on_slur
                                ",".join(job["JobID"] for job in jobs)], env=env, capture_output=True, text=True,
                               check=True).stdout.split()
     assert set(accounts) == {"prefopt|main"}  # from PREFOPT_SLURM_ACCOUNT and PREFOPT_SLURM_PARTITION
+    # Both training jobs (each its own SLURM job) logged to TensorBoard in the invocation's one group.
+    runs = sorted(path.relative_to(dag_on_slurm["slurm_dir"] / "tracking" / "tensorboard").parts
+                  for path in (dag_on_slurm["slurm_dir"] / "tracking" / "tensorboard").glob("*/tiny/*"))
+    assert len(runs) == 2 and len({group for group, _, _ in runs}) == 1, runs
 
 
 @real_slurm
@@ -397,6 +401,7 @@ def test_gpu_launcher_reaches_sbatch_as_typed_gpus_in_one_task_and_is_not_retrie
     assert re.search(r"ERROR .*GPU", log) and "Traceback" not in log, log[-2000:]  # one clear line
 
 
+@pytest.mark.extended
 @real_slurm
 def test_two_nodes_run_ddp_with_one_launcher_per_node(dag_on_slurm, tmp_path):
     """`nodes: 2` for real: the alignment run again, as one job on both nodes of partition `multi`

@@ -154,6 +154,8 @@ def test_mlflow_401_is_one_line_naming_the_variable(tmp_path, monkeypatch, refus
 
 
 def test_wandb_401_is_one_line_naming_the_variable(tmp_path, monkeypatch, refusing_server):
+    # wandb names its service in this process's environment; the DAG tests' jobs must not inherit it.
+    monkeypatch.setenv("WANDB_SERVICE", "")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv(tracking.TRACKING_ENV, json.dumps({"backend": "wandb", "project": "p", "group": "g"}))
     monkeypatch.setenv("WANDB_BASE_URL", refusing_server)

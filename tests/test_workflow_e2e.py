@@ -90,6 +90,7 @@ def test_editing_one_ablation_reruns_only_that_run(finished_run):
         "tables": 1,
         "figures_manifest": 1,
         "figures": 1,
+        "tracking_index": 1,  # the new run's tracker entry, for the report
         "all": 1,
     }
     # The unchanged config has nothing left to do.
