@@ -47,13 +47,13 @@ from prefopt.checkpoints import (  # noqa: F401 - IDENTITY_FILE, TRAINER_STATE_N
 from prefopt.io import read_jsonl, write_json, write_jsonl
 from prefopt.run_config import RunConfig
 from prefopt.trackers import Tracker, open_tracker, tracker_callback
+from prefopt.tracking import TRACKING_FILE
 
 logger = logging.getLogger(__name__)
 
 # Set to 1 to keep a published job's checkpoints for inspection (tests, debugging); they are marked
 # published, so no later job resumes them.
 KEEP_CHECKPOINTS_ENV = "PREFOPT_KEEP_CHECKPOINTS"
-TRACKING_FILE = "tracking.json"  # in the published output: the tracker run that holds its metrics (the report links it)
 
 
 # ------------------------------------------------------------------------------------------- identity
@@ -216,7 +216,7 @@ def run_job(stage: Stage, run_config: RunConfig, *, model_dir, train_path, out_d
     """Train one SFT or alignment run from a checked run config and publish `out_dir` atomically.
 
     `out_dir` gets the weights (`stage.save`), `metrics.jsonl`, `data_report.json`, `identity.json`,
-    `tracking.json` (the tracker run, prefopt.tracking, named `run_name`, default the output folder's name)
+    `tracking.json` (the tracker run, prefopt.trackers, named `run_name`, default the output folder's name)
     and `summary.json` (the run config the weights were trained with, the identity, the resume
     point). Only the main process writes. Returns the summary (empty on other processes).
     With `run_config.probes`, the first `pairs` rows of `probe_path` are scored at step 0 and

@@ -55,7 +55,7 @@ def probe_callback(tokenizer, rows: list[dict], run_config: RunConfig, metrics_p
                    tracker=None):
     """A TrainerCallback scoring the run config's probe pairs at step 0 and every `probes.every_steps`
     optimizer steps (main process) into `metrics_path`, and their means as `probe/<key>` at that step
-    into `tracker` (prefopt.tracking) when given.
+    into `tracker` (prefopt.trackers) when given.
 
     The pairs are the first `probes.pairs` of `rows`, those that fit the run's length limits (the
     others are dropped, as bad held-out rows are); they are scored with the run's `max_length`,

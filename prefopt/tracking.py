@@ -22,6 +22,7 @@ from pathlib import Path
 
 TRACKING_ENV = "PREFOPT_TRACKING"
 TRACKING_DIR = "tracking"
+TRACKING_FILE = "tracking.json"  # in a published training output: the tracker run that holds its metrics
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from prefopt.io import write_text_atomic
-from prefopt.tracking import index_html
+from prefopt.tracking import TRACKING_FILE, index_html
 
 
 def main(argv=None) -> int:
@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     entries = {}
     for pair in args.run:
         name, _, folder = pair.partition("=")
-        file = Path(folder) / "tracking.json"
+        file = Path(folder) / TRACKING_FILE
         entries[name] = json.loads(file.read_text()) if file.exists() else None
     write_text_atomic(args.out, index_html(entries))
     return 0
