@@ -166,7 +166,8 @@ def announce_precisions(config: dict, *, jobs_run_here: bool, main_process: bool
 
 
 def launcher(config: dict, stage: str) -> dict:
-    return (config.get("launchers") or {}).get(stage) or {}
+    """`launchers.<stage>` of a validated config: the schema filled every default (`$defs/launcher`)."""
+    return config["launchers"][stage]
 
 
 def training_settings(config: dict, stage: str, model: str) -> dict:
@@ -179,7 +180,7 @@ def training_settings(config: dict, stage: str, model: str) -> dict:
     settings["seed"] = config["seed"]
     settings["precision"] = config["precision"]
     settings["device"] = config["device"]
-    settings["num_gpus"] = launcher(config, stage).get("gpus", 0)
+    settings["num_gpus"] = launcher(config, stage)["gpus"]
     if settings["max_prompt_length"] >= settings["max_length"]:
         where = f"models.{model}.{stage}" if "max_length" in (config["models"][model].get(stage) or {}) else stage
         raise PlanError(f"{where}.max_prompt_length",
@@ -487,13 +488,13 @@ def check_launchers(config: dict, *, jobs_run_here: bool) -> None:
     run on this machine) and an accelerate launcher (ddp, zero2); accelerate's machine settings come from `nodes`."""
     for stage in STAGES:
         settings, key = launcher(config, stage), f"launchers.{stage}"
-        nodes = settings.get("nodes", 1)
+        nodes = settings["nodes"]
         if nodes > 1 and jobs_run_here:
             raise PlanError(f"{key}.nodes", f"{nodes} nodes need SLURM (--workflow-profile profiles/slurm); "
                                             "jobs run on this machine take nodes: 1")
-        if nodes > 1 and settings.get("type", "python") == "python":
+        if nodes > 1 and settings["type"] == "python":
             raise PlanError(f"{key}.nodes", f"{nodes} nodes need type ddp or zero2 (python starts one process)")
-        named = [arg for arg in MACHINE_ARGS if arg in settings.get("extra_args", "").split()]
+        named = [arg for arg in MACHINE_ARGS if arg in settings["extra_args"].split()]
         if named:
             raise PlanError(f"{key}.extra_args", f"{named[0]} is set by the workflow; give nodes instead")
 
@@ -516,19 +517,18 @@ def launch_command(config: dict, stage: str, repo: str) -> str:
     node's, `--num_processes` all of them. `nodes: 1` is the one-machine command, on SLURM too (the
     jobstep plugin starts it in its own one-task step), so the command is the same wherever it runs."""
     settings = launcher(config, stage)
-    kind = settings.get("type", "python")
+    kind, nodes = settings["type"], settings["nodes"]
     if kind == "python":
         return "python"
-    nodes = settings.get("nodes", 1)
     on_cpu = config["device"] == "cpu"
     default_file = {"ddp": "configs/accelerate/cpu_ddp.yaml" if on_cpu else "configs/accelerate/ddp.yaml",
                     "zero2": "configs/accelerate/zero2.yaml"}[kind]
     # Jobs started together on one machine need distinct rendezvous ports. A multi-node job's shell
     # runs on its first node, the main one, so a port free there serves every node.
-    port = settings.get("main_process_port") or f"$(python {repo}/workflow/scripts/free_port.py)"
+    port = settings["main_process_port"] or f"$(python {repo}/workflow/scripts/free_port.py)"
     parts = [
         f"--config_file {settings.get('accelerate_config', default_file)}",
-        f"--num_processes {nodes * settings.get('num_processes', 1)}",
+        f"--num_processes {nodes * settings['num_processes']}",
         f"--num_machines {nodes}" if nodes > 1 else "",
         # Without it DeepSpeed on several machines starts its ranks over pdsh/ssh, not once per node.
         "--deepspeed_multinode_launcher standard" if nodes > 1 and kind == "zero2" else "",
@@ -537,7 +537,7 @@ def launch_command(config: dict, stage: str, repo: str) -> str:
         # it: the flag overrides the yaml's DEEPSPEED type and the job silently runs as plain DDP.
         "--multi_gpu" if on_cpu and kind == "ddp" else "",
         f"--main_process_port {port}",
-        settings.get("extra_args", ""),
+        settings["extra_args"],
     ]
     arguments = " ".join(part for part in parts if part)
     if nodes > 1:

@@ -116,11 +116,11 @@ def job_resources(*, config: dict, rule: str) -> dict:
         "cpus_per_task": job_threads(config=config, rule=rule),
     }
     gpus = job_gpus(config=config, rule=rule)
-    if rule in TRAINING_RULES and block.get("nodes", 1) > 1:
-        resources.update(multinode_resources(nodes=block["nodes"], gpus=gpus, gpu_model=block.get("gpu_model")))
+    if rule in TRAINING_RULES and block["nodes"] > 1:
+        resources.update(multinode_resources(nodes=block["nodes"], gpus=gpus, gpu_model=block["gpu_model"]))
     elif gpus:
         resources["gpu"] = gpus
-        if block.get("gpu_model"):
+        if block["gpu_model"]:
             resources["gpu_model"] = block["gpu_model"]
         # One task holds every GPU and starts its own processes (accelerate), rather than the SLURM
         # plugin splitting an N-GPU job into N one-GPU tasks (snakemake-executor-plugin-slurm #459).
