@@ -44,7 +44,7 @@ def rejected_credentials(error: BaseException) -> str | None:
     """Why the server rejected the credentials ("HTTP 401", ...), when `error` says it did; else None.
 
     MLflow's REST errors carry the status in the message or an error code; wandb-core hands no status
-    to Python, so W&B's own check (`WandbTracker.verify`) is trusted when it says the server answered."""
+    to Python, so W&B's login check (`wandb.Api`, in `WandbTracker`) is trusted when it says the server answered."""
     code = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}.get(str(getattr(error, "error_code", "")))
     if code:
         return f"HTTP {code}"
@@ -90,11 +90,15 @@ def record_metrics(record: dict) -> dict:
 
 
 class Tracker:
-    """No tracking (`backend: none`, and every process but the main one)."""
+    """No tracking (`backend: none`, and every process but the main one). A backend's tracker holds the
+    run's `handle` (what `open_tracker` keeps in the checkpoint folder) and says where the run is (`where`)."""
 
     backend = "none"
     durable = True  # every log call is written before it returns (W&B's writer buffers: False)
-    continued = False  # a killed job's run, continued by its resumed job
+
+    def __init__(self, *, handle: dict | None = None, resumed: bool = False):
+        self.handle = handle
+        self.continued = resumed  # a killed job's run, continued by its resumed job
 
     def log(self, metrics: dict, step: int) -> None:
         pass
@@ -111,8 +115,14 @@ class Tracker:
         pass
 
     def entry(self) -> dict:
-        """What the report links: the backend, the run's id and where to find it."""
-        return {"backend": self.backend}
+        """What the report links: the backend, the run's name and group, and where to find it."""
+        if self.handle is None:
+            return {"backend": self.backend}
+        return {"backend": self.backend, "run": self.handle["name"], "group": self.handle["group"], **self.where()}
+
+    def where(self) -> dict:
+        """The backend's part of `entry`: ids, `url` and/or `location`, and `view` (how to look at it)."""
+        return {}
 
 
 class TensorBoardTracker(Tracker):
@@ -121,7 +131,7 @@ class TensorBoardTracker(Tracker):
     def __init__(self, *, handle: dict, attached: dict, resumed: bool):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.handle = handle
+        super().__init__(handle=handle, resumed=resumed)
         self.writer = SummaryWriter(log_dir=handle["location"])
         if not resumed:
             for key, value in attached.items():
@@ -135,21 +145,20 @@ class TensorBoardTracker(Tracker):
     def finish(self, *, failed: bool = False) -> None:
         self.writer.close()
 
-    def entry(self) -> dict:
-        return {"backend": self.backend, "run": self.handle["name"], "group": self.handle["group"],
-                "location": self.handle["location"], "view": f"tensorboard --logdir {TRACKING_DIR}/tensorboard"}
+    def where(self) -> dict:
+        return {"location": self.handle["location"], "view": f"tensorboard --logdir {TRACKING_DIR}/tensorboard"}
 
 
 class WandbTracker(Tracker):
     backend = "wandb"
     durable = False  # wandb-core writes in the background: a SIGKILL loses what it had not written
 
-    def __init__(self, *, handle: dict, attached: dict, resumed: bool, stage: str):
+    def __init__(self, *, handle: dict, attached: dict, resumed: bool):
         import wandb
 
         directory = Path(TRACKING_DIR).resolve()
         directory.mkdir(parents=True, exist_ok=True)
-        self.handle = handle
+        super().__init__(handle=handle, resumed=resumed)
         # Each job starts its own wandb-core service. One named by an inherited WANDB_SERVICE (the process that
         # started Snakemake used wandb) outlives a killed job and keeps its run ID "in use" for the resumed one.
         os.environ.pop("WANDB_SERVICE", None)
@@ -157,8 +166,10 @@ class WandbTracker(Tracker):
         if online and os.environ.get("WANDB_API_KEY"):
             # wandb.init reports a rejected key without its HTTP status; W&B's login check says the server refused.
             wandb.Api(api_key=os.environ["WANDB_API_KEY"]).viewer  # noqa: B018 - asks the server
-        self.run = wandb.init(project=handle["project"], name=handle["name"], group=handle["group"], job_type=stage,
-                              id=handle["run_id"], resume="allow", dir=str(directory), config=attached)
+        # `resume="allow"` continues the run `id` names when it exists (a resumed job), else starts it.
+        self.run = wandb.init(project=handle["project"], name=handle["name"], group=handle["group"],
+                              job_type=attached["stage"], id=handle["run_id"], resume="allow", dir=str(directory),
+                              config=attached)
         self.run.define_metric(STEP_KEY)
         self.run.define_metric("*", step_metric=STEP_KEY)
 
@@ -168,10 +179,9 @@ class WandbTracker(Tracker):
     def finish(self, *, failed: bool = False) -> None:
         self.run.finish(exit_code=1 if failed else 0)
 
-    def entry(self) -> dict:
+    def where(self) -> dict:
         local = Path(self.run.dir).parent
-        return {"backend": self.backend, "run": self.handle["name"], "group": self.handle["group"],
-                "project": self.handle["project"], "run_id": self.handle["run_id"], "url": self.run.url,
+        return {"project": self.handle["project"], "run_id": self.handle["run_id"], "url": self.run.url,
                 "location": str(local),
                 "view": None if self.run.url else f"wandb sync {local.parent}/offline-run-*-{self.handle['run_id']}"}
 
@@ -197,9 +207,10 @@ class MlflowTracker(Tracker):
         if uri.startswith("file:"):
             # MLflow 3 keeps its file store only behind this opt-in; it is the one local store of mlflow-skinny.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        self.client, self.handle = MlflowClient(uri), handle
+        super().__init__(handle=handle, resumed=resumed)
+        self.client = MlflowClient(uri)
         self.uri = public_uri(uri)
-        if handle["run_id"] is None:
+        if not resumed:
             experiment = self._experiment(handle["project"])
             run = self.client.create_run(experiment, run_name=handle["name"],
                                          tags={"prefopt.group": handle["group"], "prefopt.stage": attached["stage"],
@@ -235,16 +246,15 @@ class MlflowTracker(Tracker):
     def finish(self, *, failed: bool = False) -> None:
         self.client.set_terminated(self.handle["run_id"], "FAILED" if failed else "FINISHED")
 
-    def entry(self) -> dict:
+    def where(self) -> dict:
         run_id, experiment = self.handle["run_id"], self.handle["experiment_id"]
-        entry = {"backend": self.backend, "run": self.handle["name"], "group": self.handle["group"],
-                 "project": self.handle["project"], "run_id": run_id, "tracking_uri": self.uri}
+        where = {"project": self.handle["project"], "run_id": run_id, "tracking_uri": self.uri}
         if self.uri.startswith("file:"):
-            entry["location"] = str(Path(self.uri.removeprefix("file://")) / experiment / run_id)
-            entry["view"] = f"mlflow ui --backend-store-uri {self.uri}"
+            where["location"] = str(Path(self.uri.removeprefix("file://")) / experiment / run_id)
+            where["view"] = f"mlflow ui --backend-store-uri {self.uri}"
         else:
-            entry["url"] = f"{self.uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
-        return entry
+            where["url"] = f"{self.uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+        return where
 
 
 def _new_handle(settings: dict, backend: str, run_name: str) -> dict:
@@ -281,7 +291,7 @@ def open_tracker(*, stage: str, run_name: str, run_config: dict, identity: dict,
         if backend == "tensorboard":
             tracker = TensorBoardTracker(handle=handle, attached=attached, resumed=resumed)
         elif backend == "wandb":
-            tracker = WandbTracker(handle=handle, attached=attached, resumed=resumed, stage=stage)
+            tracker = WandbTracker(handle=handle, attached=attached, resumed=resumed)
         else:
             tracker = MlflowTracker(handle=handle, attached=attached, resumed=resumed)
     except Exception as error:
@@ -289,7 +299,6 @@ def open_tracker(*, stage: str, run_name: str, run_config: dict, identity: dict,
         if reason is None:
             raise
         raise TrackerCredentialsError(credentials_message(backend, reason, environ)) from None
-    tracker.continued = resumed
     write_json(state, handle)
     logger.info("tracking: %s run %s%s (group %s)", backend, run_name,
                 " continued" if resumed else "", handle["group"])
